@@ -1,0 +1,13 @@
+.PHONY: install dev test test-slow lint demo
+install:
+	bash install.sh
+dev:
+	bash install.sh dev
+test: dev
+	.venv/bin/python -m pytest -q
+test-slow: dev
+	.venv/bin/python -m pytest -q -m slow
+lint:
+	.venv/bin/ruff check .
+demo: install
+	.venv/bin/danceopd world preview --out runs/preview.png

@@ -1,0 +1,56 @@
+"""The ``danceopd`` command line. User errors print one line and exit 2 (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import UserError
+
+app = typer.Typer(
+    help="danceopd: compose frozen flow-matching capability fields into one student by on-policy distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+STATE = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+    STATE["debug"] = debug
+
+
+def _register():
+    from . import world as _world  # noqa: F401  (subcommands register themselves on import)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="danceopd", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        return int(code or 0)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def run():  # console script
+    sys.exit(main())
