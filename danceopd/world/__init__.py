@@ -2,7 +2,7 @@
 
 from .edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS, make_edit
 from .prompts import T2I_CATEGORIES, check_constraints, make_t2i
-from .render import apply_style, edit_region_mask, render
+from .render import apply_style, coverage, edit_region_mask, render
 from .sampler import (
     BUCKETS,
     TASKS,
@@ -20,6 +20,6 @@ from .vocab import DEFAULT_WORLD, WorldConfig
 __all__ = [
     "BUCKETS", "DEFAULT_WORLD", "EDIT_CATEGORIES", "GLOBAL_EDITS", "LOCAL_EDITS", "T2I_CATEGORIES", "TASKS",
     "Example", "Obj", "Scene", "WorldBatch", "WorldConfig", "WorldStream", "WorldTokenizer", "apply_style",
-    "bucket_tasks", "check_constraints", "edit_region_mask", "make_edit", "make_t2i", "render", "render_batch",
+    "bucket_tasks", "check_constraints", "coverage", "edit_region_mask", "make_edit", "make_t2i", "render", "render_batch",
     "sample_example", "sample_scene",
 ]

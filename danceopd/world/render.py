@@ -112,3 +112,17 @@ def edit_region_mask(objs, grid: int, res: int, ss: int) -> np.ndarray:
         c1, r1 = min(res, math.ceil((x1 + pad) / ss)), min(res, math.ceil((y1 + pad) / ss))
         m[r0:r1, c0:c1] = True
     return m
+
+
+def coverage(scene: Scene, cfg: WorldConfig, resolution: int | None = None) -> np.ndarray:
+    """uint8 [H, W] fraction (0..255) of each output pixel covered by objects, drawn exactly as ``render`` draws
+    them. A background change may touch only pixels with coverage < 255."""
+    res = resolution or cfg.resolution
+    ss = cfg.supersample
+    px = res * ss
+    im = Image.new("RGB", (px, px), (0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    outline_w = max(1, round(1.25 * ss * res / 32)) if scene.style == "outline" else None
+    for o in scene.objects:
+        _draw_obj(draw, Obj(o.shape, "white", o.slot, o.dx, o.dy, o.size), scene.grid, px, outline_w)
+    return np.asarray(im.reduce(ss))[..., 0].copy()
