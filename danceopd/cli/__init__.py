@@ -23,7 +23,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register():
-    from . import world as _world  # noqa: F401  (subcommands register themselves on import)
+    from . import generate as _generate  # noqa: F401  (subcommands register themselves on import)
+    from . import train as _train  # noqa: F401
+    from . import world as _world  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

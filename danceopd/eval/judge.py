@@ -1,0 +1,165 @@
+"""The judge: a frozen CNN scene parser that reads a world image back into its layout
+``(background, style, slots)`` (the same tuple ``Scene.layout()`` gives), plus a naturalness score (PQ), the
+FID feature and LPIPS-style distances, all from one forward pass of the shipped ``JudgeNet``.
+
+Images of any square size are accepted; 64 px images are box-downsampled to 32 px before judging.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..world.vocab import DEFAULT_WORLD, WorldConfig
+from .imageops import check_images, judge_input, to_float
+from .nets import ASSET_DIR, JUDGE_FILE, JUDGE_VERSION, JudgeNet, judge_from_file
+
+
+class LayoutCodec:
+    """Class indices of the judge's heads. Slot class 0 = empty, 1 + shape * n_colors + color otherwise; style
+    class 0 = None, 1 + index in ``cfg.styles`` otherwise."""
+
+    def __init__(self, shapes, colors, backgrounds, styles, grid: int):
+        self.shapes, self.colors = tuple(shapes), tuple(colors)
+        self.backgrounds, self.styles = tuple(backgrounds), tuple(styles)
+        self.grid = grid
+        self.slot_classes: list[tuple[str, str] | None] = [None] + [(s, c) for s in self.shapes for c in self.colors]
+        self.style_classes: list[str | None] = [None, *self.styles]
+        self._slot_index = {v: i for i, v in enumerate(self.slot_classes)}
+        self._style_index = {v: i for i, v in enumerate(self.style_classes)}
+        self._bg_index = {v: i for i, v in enumerate(self.backgrounds)}
+
+    @staticmethod
+    def for_world(cfg: WorldConfig) -> LayoutCodec:
+        return LayoutCodec(cfg.shapes, cfg.colors, cfg.backgrounds, cfg.styles, cfg.grid)
+
+    def vocab(self) -> dict:
+        return {"shapes": list(self.shapes), "colors": list(self.colors), "backgrounds": list(self.backgrounds),
+                "styles": list(self.styles), "grid": self.grid}
+
+    @property
+    def n_slots(self) -> int:
+        return self.grid * self.grid
+
+    def encode(self, layout: tuple) -> tuple[int, int, list[int]]:
+        bg, style, slots = layout
+        return self._bg_index[bg], self._style_index[style], [self._slot_index[s] for s in slots]
+
+    def decode(self, bg: int, style: int, slots) -> tuple:
+        return (self.backgrounds[int(bg)], self.style_classes[int(style)],
+                tuple(self.slot_classes[int(s)] for s in slots))
+
+
+@dataclass
+class Reading:
+    """What the judge saw in a batch: layouts, naturalness in [0, 1], pooled features (FID)."""
+
+    layouts: list[tuple]
+    quality: np.ndarray
+    features: np.ndarray
+
+
+class Judge:
+    def __init__(self, net: JudgeNet, meta: dict):
+        self.net = net.eval().requires_grad_(False)
+        self.meta = meta
+        self.version = meta.get("version", "unversioned")
+        v = meta["vocab"]
+        self.codec = LayoutCodec(v["shapes"], v["colors"], v["backgrounds"], v["styles"], v["grid"])
+        # PQ = 10 * min(1, q / q_clean): q_clean is the median naturalness of clean renders at training time
+        self.q_clean = float(meta.get("q_clean", 1.0))
+
+    def check_world(self, cfg: WorldConfig) -> None:
+        if LayoutCodec.for_world(cfg).vocab() != self.codec.vocab():
+            raise UserError("the shipped judge reads the default ShapesWorld vocabulary only; retrain it with "
+                            "scripts/train_eval_nets.py for another world")
+
+    @torch.inference_mode()
+    def _forward(self, images: np.ndarray, batch_size: int):
+        images = check_images(images)
+        for i in range(0, len(images), batch_size):
+            x = judge_input(to_float(images[i: i + batch_size]))
+            yield self.net(x)
+
+    def run(self, images: np.ndarray, batch_size: int = 256) -> Reading:
+        layouts, quality, feats = [], [], []
+        for out in self._forward(images, batch_size):
+            slots = out["slots"].argmax(-1).numpy()
+            bg = out["background"].argmax(-1).numpy()
+            st = out["style"].argmax(-1).numpy()
+            layouts += [self.codec.decode(b, s, sl) for b, s, sl in zip(bg, st, slots)]
+            quality.append(torch.sigmoid(out["quality"]).numpy())
+            feats.append(out["feature"].numpy())
+        if not layouts:
+            return Reading([], np.zeros(0, np.float32), np.zeros((0, self.net.feature_dim), np.float32))
+        return Reading(layouts, np.concatenate(quality), np.concatenate(feats))
+
+    def read(self, images: np.ndarray) -> list[tuple]:
+        return self.run(images).layouts
+
+    def pq_from_quality(self, quality: np.ndarray) -> np.ndarray:
+        """Naturalness score 0..10 from the critic's output q in [0, 1]."""
+        return 10.0 * np.clip(np.asarray(quality, np.float64) / self.q_clean, 0.0, 1.0)
+
+    def pq(self, images: np.ndarray) -> np.ndarray:
+        return self.pq_from_quality(self.run(images).quality)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images).features
+
+    @torch.inference_mode()
+    def lpips(self, a: np.ndarray, b: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """LPIPS-style distance per pair: mean over the backbone's three stages of the spatially averaged squared
+        distance between channel-normalized features (0 = identical features)."""
+        a, b = check_images(a), check_images(b, n=len(a))
+        out = []
+        for i in range(0, len(a), batch_size):
+            xa = judge_input(to_float(a[i: i + batch_size]))
+            xb = judge_input(to_float(b[i: i + batch_size]))
+            fa = self.net.backbone(_norm_in(xa))
+            fb = self.net.backbone(_norm_in(xb))
+            d = sum(_stage_distance(u, v) for u, v in zip(fa, fb)) / len(fa)
+            out.append(d.numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _norm_in(x: torch.Tensor) -> torch.Tensor:
+    from .nets import normalize_input
+
+    return normalize_input(x)
+
+
+def _stage_distance(u: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    u = u / (u.norm(dim=1, keepdim=True) + eps)
+    v = v / (v.norm(dim=1, keepdim=True) + eps)
+    return (u - v).pow(2).sum(1).mean(dim=(1, 2))
+
+
+def judge_path() -> Path:
+    return ASSET_DIR / JUDGE_FILE
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> Judge:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"judge weights missing at {p}; retrain with: python scripts/train_eval_nets.py --net judge")
+    net, meta = judge_from_file(p)
+    return Judge(net, meta)
+
+
+def load_judge(path: Path | str | None = None) -> Judge:
+    """The shipped judge (cached per process)."""
+    j = _load(str(Path(path) if path is not None else judge_path()))
+    if path is None and j.version != JUDGE_VERSION:
+        raise UserError(f"shipped judge is {j.version!r} but the code expects {JUDGE_VERSION!r}; retrain it")
+    return j
+
+
+def default_codec() -> LayoutCodec:
+    return LayoutCodec.for_world(DEFAULT_WORLD)

@@ -1,0 +1,248 @@
+"""Training of the shipped eval networks (the judge with its PQ head, and the world CLIP model).
+
+Deterministic for a given seed on one thread: every random draw comes from ``np.random.default_rng((STREAM,
+seed))`` or ``torch.manual_seed(seed)``. Training scenes come from ``TRAIN_STREAM``; the fresh-seed accuracy test
+draws from a different stream, so it never sees a training scene's random draws.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..world.prompts import check_constraints
+from ..world.render import render
+from ..world.sampler import sample_example
+from ..world.scene import Scene, sample_scene
+from ..world.text import WorldTokenizer
+from ..world.vocab import WorldConfig
+from .imageops import gaussian_blur, judge_input, to_float
+from .judge import LayoutCodec
+from .nets import CLIP_VERSION, JUDGE_VERSION, JudgeNet, WorldClip
+
+TRAIN_STREAM = 0x7EA1   # training draws
+CALIB_STREAM = 0x7EA2   # q_clean calibration after training
+CORRUPTIONS = ("noise", "blur", "ghost", "pixelate", "speckle")
+
+
+# ------------------------------------------------------------------------------------------------ scenes
+
+
+def judge_scenes(rng: np.random.Generator, cfg: WorldConfig, n: int) -> list[Scene]:
+    """60 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
+    0-3); 40 %: random scenes of 0-6 objects with a style half of the time (covers crowded and styled scenes)."""
+    out: list[Scene] = []
+    while len(out) < n:
+        if rng.random() < 0.6:
+            ex = sample_example(rng, cfg, "t2i" if rng.random() < 0.4 else "edit")
+            out.append(ex.target)
+            if ex.source is not None:
+                out.append(ex.source)
+        else:
+            k = int(rng.integers(0, 7))
+            style = cfg.styles[int(rng.integers(len(cfg.styles)))] if rng.random() < 0.5 else None
+            out.append(sample_scene(rng, cfg, n_objects=k, style=style))
+    return out[:n]
+
+
+def render_judge_input(scenes: list[Scene], cfg: WorldConfig, rng: np.random.Generator,
+                       p64: float = 0.25) -> torch.Tensor:
+    """Float [B, 3, 32, 32]: renders at 32 px, or (probability ``p64``) at 64 px box-downsampled like the judge
+    does at evaluation time."""
+    xs = []
+    for sc in scenes:
+        res = 64 if rng.random() < p64 else 32
+        xs.append(judge_input(to_float(render(sc, cfg, res)[None])))
+    return torch.cat(xs)
+
+
+# ------------------------------------------------------------------------------------------------ corruptions
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def corrupt(x: torch.Tensor, family: str, s: float, rng: np.random.Generator, other: torch.Tensor) -> torch.Tensor:
+    """One corruption of strength ``s`` in [0, 1] of a float [1, 3, H, W] image."""
+    h = x.shape[-1]
+    if family == "noise":
+        return x + torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32)) * (0.3 * s)
+    if family == "blur":
+        return gaussian_blur(x, 2.0 * s * h / 32)
+    if family == "ghost":
+        a = 0.5 * s
+        return (1 - a) * x + a * other
+    if family == "pixelate":
+        size = max(4, round(h * (1 - 0.75 * s)))
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(y, size=(h, h), mode="bilinear", align_corners=False)
+    if family == "speckle":
+        mask = torch.from_numpy(rng.random((1, 1, h, h)) < 0.3 * s)
+        rnd = torch.from_numpy(rng.random(x.shape).astype(np.float32))
+        return torch.where(mask, rnd, x)
+    raise ValueError(f"unknown corruption {family!r}")
+
+
+def garbage(rng: np.random.Generator, h: int) -> torch.Tensor:
+    """An image that is not a world render at all: uniform noise, a smooth random color field, or random noise
+    blobs on a flat color."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return torch.from_numpy(rng.random((1, 3, h, h)).astype(np.float32))
+    if kind == 1:
+        k = int(rng.integers(2, 9))
+        base = torch.from_numpy(rng.random((1, 3, k, k)).astype(np.float32))
+        return F.interpolate(base, size=(h, h), mode="bilinear", align_corners=False)
+    x = torch.from_numpy(rng.random((1, 3, 1, 1)).astype(np.float32)).expand(1, 3, h, h).clone()
+    for _ in range(int(rng.integers(1, 6))):
+        r0, c0 = rng.integers(0, h - 4, size=2)
+        sz = int(rng.integers(3, h // 2))
+        x[..., r0: r0 + sz, c0: c0 + sz] = torch.from_numpy(rng.random((1, 3, 1, 1)).astype(np.float32))
+    return gaussian_blur(x, float(rng.uniform(0, 1.5)))
+
+
+def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, n: int, p_clean: float = 0.4):
+    """(x [B, 3, 32, 32], bg [B], style [B], slots [B, 9], quality target [B], read-mask [B]).
+
+    40 % clean (q = 1), 20 % mildly corrupted (one corruption, s <= 0.3), 30 % corrupted (one or two corruptions,
+    s in [0.1, 1]), 10 % garbage (q = 0). Quality target q = prod(1 - s). Layout losses apply where q >= 0.7.
+    """
+    scenes = judge_scenes(rng, cfg, n)
+    x = render_judge_input(scenes, cfg, rng)
+    labels = [codec.encode(sc.layout()) for sc in scenes]
+    q = np.ones(n, np.float32)
+    x0 = x.clone()
+    for i in range(n):
+        u = rng.random()
+        if u < p_clean:
+            continue
+        u = 0.4 + (u - p_clean) / (1 - p_clean) * 0.6  # the rest splits 20 : 30 : 10 as documented
+        xi = x[i: i + 1]
+        j = (i + 1 + int(rng.integers(n - 1))) % n
+        other = x0[j: j + 1]
+        if u < 0.6:
+            s = float(rng.uniform(0, 0.3))
+            xi = corrupt(xi, CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))], s, rng, other)
+            q[i] = 1 - s
+        elif u < 0.9:
+            fams = rng.choice(len(CORRUPTIONS), size=int(rng.integers(1, 3)), replace=False)
+            for f in fams:
+                s = float(rng.uniform(0.1, 1.0))
+                xi = corrupt(xi, CORRUPTIONS[int(f)], s, rng, other)
+                q[i] *= 1 - s
+        else:
+            xi = garbage(rng, x.shape[-1])
+            q[i] = 0.0
+        x[i: i + 1] = quantize(xi)
+    bg = torch.tensor([lab[0] for lab in labels])
+    st = torch.tensor([lab[1] for lab in labels])
+    slots = torch.tensor([lab[2] for lab in labels])
+    return x, bg, st, slots, torch.from_numpy(q), torch.from_numpy(q >= 0.7)
+
+
+# ------------------------------------------------------------------------------------------------ judge
+
+
+def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1500, batch: int = 128, lr: float = 3e-3,
+                widths=(16, 32, 64), p_clean: float = 0.4,
+                log: Callable[[str], None] = print) -> tuple[JudgeNet, dict]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng((TRAIN_STREAM, seed))
+    codec = LayoutCodec.for_world(cfg)
+    net = JudgeNet(len(codec.backgrounds), len(codec.style_classes), len(codec.slot_classes), cfg.grid, widths)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    t0 = time.time()
+    net.train()
+    for step in range(steps):
+        x, bg, st, slots, q, m = judge_batch(rng, cfg, codec, batch, p_clean)
+        out = net(x)
+        mf = m.float()
+        denom = mf.sum().clamp_min(1.0)
+        l_slots = (F.cross_entropy(out["slots"].flatten(0, 1), slots.flatten(), reduction="none")
+                   .view(batch, -1).mean(1) * mf).sum() / denom
+        l_bg = (F.cross_entropy(out["background"], bg, reduction="none") * mf).sum() / denom
+        l_st = (F.cross_entropy(out["style"], st, reduction="none") * mf).sum() / denom
+        l_q = F.binary_cross_entropy_with_logits(out["quality"], q)
+        loss = l_slots + l_bg + l_st + l_q
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            with torch.no_grad():
+                acc = ((out["slots"].argmax(-1) == slots).float().mean(1) * mf).sum() / denom
+            log(f"judge step {step:5d}/{steps} loss {loss.item():.4f} (slots {l_slots.item():.4f} bg "
+                f"{l_bg.item():.4f} style {l_st.item():.4f} q {l_q.item():.4f}) slot-acc {acc.item():.4f} "
+                f"{time.time() - t0:.0f}s")
+    net.eval()
+    # q_clean: median naturalness of clean renders, so that PQ of a clean render is 10
+    crng = np.random.default_rng((CALIB_STREAM, seed))
+    with torch.no_grad():
+        xc = render_judge_input(judge_scenes(crng, cfg, 512), cfg, crng)
+        qc = torch.sigmoid(net(xc)["quality"])
+    meta = {"version": JUDGE_VERSION, "config": net.config, "vocab": codec.vocab(), "seed": seed, "steps": steps,
+            "batch": batch, "q_clean": round(float(qc.median()), 6)}
+    return net, meta
+
+
+# ------------------------------------------------------------------------------------------------ clip
+
+
+def clip_batch(rng: np.random.Generator, cfg: WorldConfig, tok: WorldTokenizer, n: int):
+    """T2I prompts and renders of scenes satisfying them, plus the match matrix (image i satisfies prompt j)."""
+    exs = [sample_example(rng, cfg, "t2i") for _ in range(n)]
+    scenes = [e.target for e in exs]
+    x = render_judge_input(scenes, cfg, rng)
+    for i in range(n):  # mild noise / blur on a third of the images, so the tower tolerates imperfect samples
+        if rng.random() < 0.33:
+            fam = "noise" if rng.random() < 0.5 else "blur"
+            x[i: i + 1] = quantize(corrupt(x[i: i + 1], fam, float(rng.uniform(0, 0.3)), rng, x[i: i + 1]))
+    layouts = [sc.layout() for sc in scenes]
+    match = torch.tensor([[check_constraints(e.constraints, lay) for e in exs] for lay in layouts], dtype=torch.float32)
+    match.fill_diagonal_(1.0)
+    return x, tok.encode([e.prompt for e in exs]), match
+
+
+def clip_loss(net: WorldClip, x: torch.Tensor, ids: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with multi-positive targets (every prompt an image satisfies is a positive)."""
+    zi, zt = net.encode_image(x), net.encode_text(ids)
+    logits = net.logit_scale.exp().clamp(max=100.0) * zi @ zt.t()
+    t_img = match / match.sum(1, keepdim=True)
+    t_txt = match.t() / match.t().sum(1, keepdim=True)
+    li = -(t_img * F.log_softmax(logits, 1)).sum(1).mean()
+    lt = -(t_txt * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    return (li + lt) / 2
+
+
+def train_clip(cfg: WorldConfig, seed: int = 0, steps: int = 1500, batch: int = 128, lr: float = 2e-3,
+               log: Callable[[str], None] = print) -> tuple[WorldClip, dict]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng((TRAIN_STREAM + 1, seed))
+    tok = WorldTokenizer()
+    net = WorldClip(tok.vocab_size, tok.max_len)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    t0 = time.time()
+    net.train()
+    for step in range(steps):
+        x, ids, match = clip_batch(rng, cfg, tok, batch)
+        loss = clip_loss(net, x, ids, match)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"clip step {step:5d}/{steps} loss {loss.item():.4f} scale {net.logit_scale.exp().item():.1f} "
+                f"{time.time() - t0:.0f}s")
+    net.eval()
+    meta = {"version": CLIP_VERSION, "config": net.config, "words": tok.words[3:], "max_len": tok.max_len,
+            "seed": seed, "steps": steps, "batch": batch, "temperature": round(math.exp(-net.logit_scale.item()), 6)}
+    return net, meta

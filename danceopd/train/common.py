@@ -1,0 +1,195 @@
+"""Pieces shared by every trainer: run-folder safety, EMA, LoRA (PEFT), the NaN/inf guard, metrics log."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> bool:
+    """Decide what to do with ``out`` before any expensive work. Returns True when resuming.
+
+    A run never writes into an existing run folder unless told to resume (same config) or overwrite."""
+    out = Path(out)
+    cfg_file = out / "run_config.json"
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            if not cfg_file.is_file():
+                raise UserError(f"{out}: cannot resume, no run_config.json (not a danceopd run folder)")
+            old = json.loads(cfg_file.read_text(encoding="utf-8"))
+            changed = sorted(_diff(old, config))
+            ignore = {"train.steps", "train.threads"}  # extending a run, or a different thread count, is allowed
+            changed = [c for c in changed if c not in ignore]
+            if changed:
+                raise UserError(f"{out}: cannot resume, config differs from the run's at {', '.join(changed[:5])}; "
+                                "use a new --out or --overwrite")
+            return True
+        if not overwrite:
+            raise UserError(f"{out}: run folder exists and is not empty; pass --resume to continue it or "
+                            "--overwrite to replace it")
+        shutil.rmtree(out)
+    elif resume:
+        pass  # nothing to resume: start fresh
+    out.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import write_json_atomic
+
+    write_json_atomic(cfg_file, config)
+    return False
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (float32), with the usual warm-up
+    ``decay_t = min(decay, (1 + t) / (10 + t))``."""
+
+    def __init__(self, named_params, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in named_params}
+
+    @torch.no_grad()
+    def update(self, named_params, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in named_params:
+            self.shadow[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @torch.no_grad()
+    def swap(self, named_params):
+        """Exchange live weights and EMA weights (call twice to restore)."""
+        for n, p in named_params:
+            tmp = p.detach().clone()
+            p.copy_(self.shadow[n].to(p.dtype))
+            self.shadow[n] = tmp.float()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"ema.{n}": v for n, v in self.shadow.items()}
+
+    def load(self, tensors: dict[str, torch.Tensor]):
+        for n in self.shadow:
+            self.shadow[n] = tensors[f"ema.{n}"].float().clone()
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "kv", "proj", "qkv", "film"])
+
+    def validate(self):
+        if self.rank < 1:
+            raise ValueError("lora.rank must be >= 1")
+        if not self.targets:
+            raise ValueError("lora.targets must name at least one layer")
+
+
+def add_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    """Inject PEFT LoRA adapters on the model's linear layers named in ``cfg.targets``; freeze everything else."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in cfg.targets if t not in names]
+    if missing:
+        raise UserError(f"lora.targets: no linear layers named {missing}; available: {sorted(names)}")
+    pc = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.targets)
+    model = inject_adapter_in_model(pc, model)
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return model
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+@torch.no_grad()
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """Plain state dict with LoRA deltas merged into the base weights (no-op for models without LoRA)."""
+    from peft.tuners.lora import LoraLayer
+
+    sd = {}
+    lora_mods = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    for n, m in lora_mods.items():
+        base = m.get_base_layer()
+        delta = m.get_delta_weight("default")
+        sd[f"{n}.weight"] = base.weight + delta
+        if base.bias is not None:
+            sd[f"{n}.bias"] = base.bias.clone()
+    for k, v in model.state_dict().items():
+        if "lora_" in k or ".base_layer." in k:
+            continue
+        sd[k] = v
+    return sd
+
+
+def check_finite(loss: torch.Tensor, model, step: int, route: str, method: str) -> str | None:
+    """None if the loss and all gradients are finite, else a message naming step, route and method."""
+    if not torch.isfinite(loss).all():
+        return f"non-finite loss ({loss.item()}) at step {step}, route {route!r}, method {method!r}"
+    for n, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"non-finite gradient in {n} at step {step}, route {route!r}, method {method!r}"
+    return None
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per logged step. On resume, lines after the checkpoint step are dropped so
+    an interrupted-and-resumed run logs exactly what an uninterrupted one does."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, rec: dict):
+        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.flush()
+
+
+def t_bins(per_sample: torch.Tensor, t: torch.Tensor, n_bins: int = 5) -> dict[str, float]:
+    """Mean loss per t-bin (minRF-style diagnostic)."""
+    out = {}
+    idx = (t.clamp(0, 1 - 1e-6) * n_bins).long()
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            out[f"loss_t{b / n_bins:.1f}"] = per_sample[m].mean().item()
+    return out
+
+
+def kill_point(name: str) -> None:
+    """Fault injection for the kill-and-resume tests: ``DANCEOPD_KILL_AT=<name>`` SIGKILLs this process when
+    execution reaches that point (e.g. ``step:5`` after optimizer step 5, ``ckpt:4`` mid-way through writing
+    checkpoint 4). Unset in normal use."""
+    import os
+    import signal
+
+    if os.environ.get("DANCEOPD_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,342 @@
+"""Supervised flow-matching training (the T2I base and the edit teachers) on Accelerate.
+
+``danceopd train --config configs/world/<name>.yaml [--set a.b=c] [--out DIR] [--resume|--overwrite]``
+
+Per optimizer step: ``grad_accum`` micro-batches from the bucket's stream; t ~ logit-normal, x_t = (1-t) x_0 + t
+noise, regress v = noise - x_0 (MSE); text dropped to the empty prompt with ``text_dropout`` and the source image
+with ``source_dropout`` (for classifier-free guidance). EMA weights are what gets exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backends.world import SamplingConfig, WorldBackend, save_world_model
+from ..backends.world_model import WorldNetConfig, WorldUNet, widen_for_editing
+from ..core.flow import interpolate, sample_t, velocity_target
+from ..errors import UserError
+from ..world.sampler import BUCKETS
+from ..world.text import WorldTokenizer
+from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint, write_json_atomic
+from .common import (
+    EMA,
+    LoraConfig,
+    MetricsLog,
+    NonFiniteError,
+    add_lora,
+    check_finite,
+    kill_point,
+    merged_state_dict,
+    prepare_run_dir,
+    t_bins,
+)
+from .data import make_data
+
+
+@dataclass
+class ModelSection:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    attn_levels: list[int] = field(default_factory=lambda: [1, 2])
+    text_dim: int = 64
+    text_layers: int = 2
+    emb_dim: int = 128
+
+    def validate(self):
+        if not self.channels or any(c < 8 or c % 8 for c in self.channels):
+            raise ValueError("model.channels must be multiples of 8")
+
+
+@dataclass
+class DataSection:
+    bucket: str = "t2i"
+    csv: str | None = None
+    resolution: int = 32
+    text_dropout: float = 0.1
+    source_dropout: float = 0.05
+
+    def validate(self):
+        if self.bucket not in BUCKETS:
+            raise ValueError(f"data.bucket must be one of {', '.join(BUCKETS)}, got {self.bucket!r}")
+        if self.resolution not in (32, 64):
+            raise ValueError(f"data.resolution must be 32 or 64, got {self.resolution}")
+        for k in ("text_dropout", "source_dropout"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"data.{k} must be in [0, 1)")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 300
+    grad_clip: float = 1.0
+
+    def validate(self):
+        if not 0 < self.lr < 1:
+            raise ValueError(f"optim.lr must be in (0, 1), got {self.lr}")
+        if self.warmup_steps < 0 or self.grad_clip <= 0:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    t_dist: str = "logit_normal"
+    ema_decay: float = 0.999
+    freeze_text: bool = False
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 3
+    nan_policy: str = "stop"
+    max_skipped_steps: int = 10
+    threads: int = 0
+
+    def validate(self):
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.steps, train.batch_size and train.grad_accum must be >= 1")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.t_dist not in ("logit_normal", "uniform"):
+            raise ValueError("train.t_dist must be 'logit_normal' or 'uniform'")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("train.ema_decay must be in [0, 1)")
+        if self.nan_policy not in ("stop", "skip"):
+            raise ValueError("train.nan_policy must be 'stop' or 'skip'")
+        if min(self.log_every, self.checkpoint_every) < 1 or self.sample_every < 0:
+            raise ValueError("train.log_every and train.checkpoint_every must be >= 1, train.sample_every >= 0")
+
+
+@dataclass
+class SFTConfig:
+    name: str = "t2i"
+    init: str | None = None          # start weights: None = fresh, world:<name>, a .safetensors or a run folder
+    widen_for_editing: bool = False  # add zero-initialized source-image channels to the init model
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self):
+        if self.init is None and self.widen_for_editing:
+            raise ValueError("widen_for_editing needs an init model")
+
+
+SAMPLE_PROMPTS = [
+    "a photo of a red circle", "a blue square and a yellow star", "three triangles",
+    "a green star to the left of a purple circle", "a photo of an orange triangle on a white background",
+    "a circle above a square", "two squares", "a yellow circle and a red triangle",
+]
+
+
+def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
+    if cfg.init:
+        from ..backends.registry import load_backend
+
+        be = load_backend(cfg.init)
+        net, tok = be.net, be.tokenizer
+        for p in net.parameters():
+            p.requires_grad_(True)
+        if cfg.widen_for_editing:
+            net = widen_for_editing(net)
+        elif cfg.data.bucket != "t2i" and not net.cfg.edit:
+            raise UserError(f"init {cfg.init!r} has no source-image input; set widen_for_editing: true to edit")
+        return net, tok
+    tok = WorldTokenizer()
+    m = cfg.model
+    net_cfg = WorldNetConfig(vocab_size=tok.vocab_size, max_len=tok.max_len, channels=tuple(m.channels),
+                             attn_levels=tuple(m.attn_levels), text_dim=m.text_dim, text_layers=m.text_layers,
+                             emb_dim=m.emb_dim, edit=cfg.data.bucket != "t2i")
+    return WorldUNet(net_cfg), tok
+
+
+def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
+              stop_after: int | None = None) -> Path:
+    """Train; returns the run folder. ``stop_after``: leave after that many optimizer steps (tests)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    out = Path(out)
+    cfg_dict = dataclasses.asdict(cfg)
+    # validate everything cheap before touching the output folder or loading models
+    if cfg.init:
+        from ..backends.registry import resolve_model_path
+
+        try:
+            resolve_model_path(cfg.init)
+        except FileNotFoundError:
+            raise UserError(f"init: model {cfg.init!r} not found") from None
+    data_seed = cfg.seed * 1000 + 17
+    if cfg.data.csv:
+        make_data(cfg.data.bucket, cfg.data.csv, 0, cfg.data.resolution)  # validates the whole CSV
+    resuming = prepare_run_dir(out, resume, overwrite, cfg_dict)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
+                              mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
+                              project_dir=str(out), cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    net, tok = build_model(cfg)
+    if cfg.train.freeze_text:
+        for p in net.text.parameters():
+            p.requires_grad_(False)
+    if cfg.lora.enabled:
+        net = add_lora(net, cfg.lora)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            weight_decay=cfg.optim.weight_decay)
+    warm = cfg.optim.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    model, opt, sched = accelerator.prepare(net, opt, sched)
+    named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+    ema = EMA(named, cfg.train.ema_decay)
+    data = make_data(cfg.data.bucket, cfg.data.csv, data_seed + accelerator.process_index, cfg.data.resolution)
+    backend = WorldBackend(model, tok, cfg.data.resolution, cfg.sampling)
+
+    step, wall = 0, 0.0
+    ckpt = latest_good(out) if resuming else None
+    if ckpt is not None:
+        state, tensors = load_checkpoint(accelerator, ckpt)
+        step, wall = state["step"], state.get("wall_time", 0.0)
+        data.load_state_dict(state["data"])
+        ema.load(tensors)
+    log = MetricsLog(out / "metrics.jsonl", step if ckpt is not None else None)
+    accelerator.init_trackers("sft", config={"name": cfg.name, "bucket": cfg.data.bucket})
+    (out / "samples").mkdir(exist_ok=True)
+
+    B = cfg.train.batch_size
+    skipped = 0
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not progress, unit="step")
+    t_start = time.time() - wall
+    done_here = 0
+    while step < cfg.train.steps:
+        model.train()
+        bad = None
+        for _micro in range(cfg.train.grad_accum):
+            with accelerator.accumulate(model):
+                b = data.next(B)
+                x_0 = b.x_0.to(accelerator.device)
+                noise = torch.randn_like(x_0)
+                t = sample_t(B, dist=cfg.train.t_dist)
+                x_t = interpolate(x_0, noise, t)
+                drop_t = torch.rand(B) < cfg.data.text_dropout
+                drop_s = torch.rand(B) < cfg.data.source_dropout
+                src = b.source.to(accelerator.device) if b.source is not None else None
+                if src is not None:
+                    drop_s = drop_s | ~b.has_source
+                cond = backend.encode(b.prompts, src if net_has_source(backend) else None, drop_t, drop_s)
+                with accelerator.autocast():
+                    v = backend.velocity(x_t, t, cond)
+                per = (v.float() - velocity_target(x_0, noise)).pow(2).flatten(1).mean(1)
+                loss = per.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    bad = check_finite(loss, model, step + 1, cfg.data.bucket, "sft")
+                    if bad is None:
+                        accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
+                if bad is not None and cfg.train.nan_policy == "stop":
+                    break
+                if bad is None:
+                    opt.step()
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+        if bad is not None:
+            if cfg.train.nan_policy == "stop" or skipped >= cfg.train.max_skipped_steps:
+                bar.close()
+                raise NonFiniteError(f"training stopped: {bad}; last good checkpoint: {latest_good(out)}")
+            skipped += 1
+            accelerator.print(f"warning: skipped step: {bad} ({skipped}/{cfg.train.max_skipped_steps})")
+        step += 1
+        done_here += 1
+        ema.update(named, step)
+        kill_point(f"step:{step}")
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], **t_bins(per.detach(), t)}
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if accelerator.is_main_process:
+                log.write(rec)
+            accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+        if cfg.train.sample_every and step % cfg.train.sample_every == 0 and accelerator.is_main_process:
+            _sample_grid(backend, ema, named, out / "samples" / f"step-{step:08d}.png", accelerator, step)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            st = {"step": step, "data": data.state_dict(), "wall_time": time.time() - t_start}
+            save_checkpoint(accelerator, out, step, st, ema.tensors())
+            if accelerator.is_main_process:
+                prune(out, cfg.train.checkpoints_total_limit)
+        if stop_after is not None and done_here >= stop_after:
+            break
+    bar.close()
+    accelerator.end_training()
+    if step >= cfg.train.steps and accelerator.is_main_process:
+        export_model(accelerator.unwrap_model(model), tok, ema, named, out, cfg, time.time() - t_start)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def net_has_source(backend: WorldBackend) -> bool:
+    return backend.net.cfg.edit if not hasattr(backend.net, "base_model") else True
+
+
+@torch.no_grad()
+def _sample_grid(backend, ema, named, path: Path, accelerator, step: int):
+    from PIL import Image
+
+    if backend.is_edit:
+        return  # edit models get contact sheets from `danceopd eval`
+    ema.swap(named)
+    try:
+        imgs = backend.sample(SAMPLE_PROMPTS, seed=0)
+    finally:
+        ema.swap(named)
+    grid = np.concatenate(list(imgs), axis=1)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", grid, step, dataformats="HWC")
+
+
+def export_model(net, tok, ema: EMA, named, out: Path, cfg: SFTConfig, wall: float) -> Path:
+    """Write ``model.safetensors`` (EMA weights; LoRA merged) and ``final.json``."""
+    ema.swap(named)
+    try:
+        state = merged_state_dict(net) if cfg.lora.enabled else net.state_dict()
+        if cfg.lora.enabled:
+            from safetensors.torch import save_file
+
+            from .common import lora_state
+
+            save_file({k: v.contiguous() for k, v in lora_state(net).items()}, str(out / "lora.safetensors"))
+        plain = WorldUNet(_net_cfg(net))
+        plain.load_state_dict(state)
+    finally:
+        ema.swap(named)
+    meta = {"name": cfg.name, "resolution": cfg.data.resolution, "steps": cfg.train.steps,
+            "wall_time_s": round(wall, 1), "config": json.dumps(dataclasses.asdict(cfg))}
+    save_world_model(plain, tok, out / "model.safetensors", cfg.sampling, meta=meta)
+    write_json_atomic(out / "final.json", {"steps": cfg.train.steps, "wall_time_s": round(wall, 1)})
+    return out / "model.safetensors"
+
+
+def _net_cfg(net) -> WorldNetConfig:
+    m = net
+    while not isinstance(m, WorldUNet):
+        m = getattr(m, "base_model", None) or m.module
+    return m.cfg
