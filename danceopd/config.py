@@ -110,6 +110,39 @@ def _set_path(d: dict, dotted: str, value, where: str):
     cur[keys[-1]] = value
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_includes(data: dict, path: Path, depth: int) -> dict:
+    """``include: [other.yaml, ...]`` (paths relative to this file) are merged first, this file on top."""
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if depth > 8:
+        raise UserError(f"{path}: include nesting too deep (cycle?)")
+    if isinstance(inc, str):
+        inc = [inc]
+    if not isinstance(inc, list) or not all(isinstance(i, str) for i in inc):
+        raise UserError(f"{path}: include must be a file name or a list of file names")
+    merged: dict = {}
+    for rel in inc:
+        p = (path.parent / rel).resolve()
+        if not p.is_file():
+            raise UserError(f"{path}: included file {rel!r} not found")
+        try:
+            sub = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(sub, dict):
+            raise UserError(f"{p}: top level must be a mapping of keys")
+        merged = _deep_merge(merged, _resolve_includes(sub, p, depth + 1))
+    return _deep_merge(merged, data)
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) and apply ``a.b=c`` overrides
     (values parsed as YAML scalars)."""
@@ -130,6 +163,7 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
             raise UserError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(data, dict):
             raise UserError(f"{path}: top level must be a mapping of keys")
+        data = _resolve_includes(data, path, depth=0)
     for ov in overrides:
         if "=" not in ov:
             raise UserError(f"--set {ov!r}: expected key.path=value")

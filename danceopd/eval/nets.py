@@ -64,9 +64,10 @@ def cell_crops(f: torch.Tensor, grid: int, size: int) -> torch.Tensor:
 
 
 class JudgeNet(nn.Module):
-    """Backbone -> global heads (background, style, naturalness) from the pooled last stage; slot head from a
-    small CNN over a window of the first stage's features centered on each grid cell (shared by all cells, told
-    which cell it reads and given the global feature, which carries the style)."""
+    """Backbone -> slot head: a small CNN over a window of the first stage's features centered on each grid cell
+    (shared by all cells, told which cell it reads and given the pooled last stage, which carries the style);
+    background and style heads read the pooled last stage plus the max over cells of the slot features (outline
+    strokes are local); the naturalness head reads the pooled last stage."""
 
     def __init__(self, n_backgrounds: int, n_styles: int, n_slot_classes: int, grid: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 128, crop: int = 12,
@@ -84,7 +85,7 @@ class JudgeNet(nn.Module):
         self.slot_in = nn.Linear(n_flat + w2, hidden)
         self.slot_pos = nn.Parameter(torch.zeros(grid * grid, hidden))
         self.slot_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_slot_classes))
-        self.global_head = nn.Sequential(nn.Linear(w2, hidden), nn.ReLU())
+        self.global_head = nn.Sequential(nn.Linear(w2 + hidden, hidden), nn.ReLU())
         self.bg_out = nn.Linear(hidden, n_backgrounds)
         self.style_out = nn.Linear(hidden, n_styles)
         self.quality_out = nn.Sequential(nn.Linear(w2, 64), nn.ReLU(), nn.Linear(64, 1))
@@ -102,8 +103,9 @@ class JudgeNet(nn.Module):
         crops = cell_crops(f1, self.grid, self.crop)                             # [B, 9, w0, S, S]
         c = self.slot_cnn(crops.flatten(0, 1)).flatten(1).view(b, self.grid * self.grid, -1)
         slot_in = torch.cat([c, g[:, None].expand(b, c.shape[1], g.shape[1])], dim=-1)
-        slots = self.slot_out(self.slot_in(slot_in) + self.slot_pos)
-        h = self.global_head(g)
+        hs = self.slot_in(slot_in) + self.slot_pos                              # [B, 9, hidden]
+        slots = self.slot_out(hs)
+        h = self.global_head(torch.cat([g, hs.amax(dim=1)], dim=1))  # style cues (outlines) are local
         return {"slots": slots, "background": self.bg_out(h), "style": self.style_out(h),
                 "quality": self.quality_out(g).squeeze(-1), "feature": g, "stages": feats}
 

@@ -150,7 +150,7 @@ def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, 
 
 
 def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1500, batch: int = 128, lr: float = 3e-3,
-                widths=(16, 32, 64), p_clean: float = 0.4,
+                widths=(16, 32, 64), p_clean: float = 0.5,
                 log: Callable[[str], None] = print) -> tuple[JudgeNet, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng((TRAIN_STREAM, seed))

@@ -1,0 +1,35 @@
+"""DanceOPD: hard route -> on-policy student ODE rollout (no grad) -> K low-noise query states (Beta(5,2) toward
+the clean end) -> routed teacher velocity there -> plain velocity MSE."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import rollout_to_queries, sample_query_indices, velocity_mse
+from .base import Method, StepContext, repeat_k, student_sources
+
+
+def on_policy_queries(ctx: StepContext, batch):
+    """Roll out the current student from noise and return (x [B*K, ...], t [B*K], prompts_k, sources_k, info)."""
+    cfg, s = ctx.cfg, ctx.student
+    B = len(batch.prompts)
+    src = student_sources(ctx, batch)
+    ts = s.timesteps(cfg.rollout_steps, cfg.rollout_shift)
+    q = sample_query_indices(B, cfg.rollout_steps, k=cfg.k, bias=cfg.bias)
+    noise = torch.randn(s.latent_shape(B), device=ctx.device)
+    roll = s.guided_field(batch.prompts, src, text_scale=cfg.rollout_text_scale)
+    r = rollout_to_queries(roll, noise, ts, q)
+    prompts_k, src_k = repeat_k(batch.prompts, src, cfg.k)
+    x, t = r.x_q.flatten(0, 1), r.t_q.flatten()
+    return x, t, prompts_k, src_k, {"t_query": t.mean().item(), "rollout_forwards": r.n_forward}
+
+
+class DanceOPD(Method):
+    name = "danceopd"
+
+    def loss(self, ctx, route, batch):
+        x, t, prompts_k, src_k, info = on_policy_queries(ctx, batch)
+        with torch.no_grad():
+            v_teacher = ctx.teachers[route.teacher].field(prompts_k, src_k)(x, t)
+        v_student = ctx.student.velocity(x, t, ctx.student.encode(prompts_k, src_k))
+        return velocity_mse(v_student.float(), v_teacher.float()), info

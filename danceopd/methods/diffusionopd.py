@@ -1,0 +1,33 @@
+"""DiffusionOPD: dense on-policy ODE states (every state of the student's rollout), the Delta-t^2/2-weighted
+dense ODE-KL between student and teacher velocities, every route in every update (G = M)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import dense_ode_kl, full_rollout
+from .base import Method, student_sources
+
+
+class DiffusionOPD(Method):
+    name = "diffusionopd"
+    group_routes = True
+
+    def loss(self, ctx, route, batch):
+        cfg, s = ctx.cfg, ctx.student
+        B = len(batch.prompts)
+        src = student_sources(ctx, batch)
+        n = cfg.rollout_steps
+        ts = s.timesteps(n, cfg.rollout_shift)
+        noise = torch.randn(s.latent_shape(B), device=ctx.device)
+        states, _ = full_rollout(s.guided_field(batch.prompts, src, text_scale=cfg.rollout_text_scale), noise, ts)
+        x = states[:n].flatten(0, 1)                      # [n*B, ...] (step-major)
+        t = ts[:n].repeat_interleave(B)
+        prompts_n = batch.prompts * n
+        src_n = None if src is None else src.repeat(n, *([1] * (src.dim() - 1)))
+        with torch.no_grad():
+            v_t = ctx.teachers[route.teacher].field(prompts_n, src_n)(x, t)
+        v_s = s.velocity(x, t, s.encode(prompts_n, src_n))
+        dt = ts[:n] - ts[1 : n + 1]
+        shape = (n, B, *x.shape[1:])
+        return dense_ode_kl(v_s.float().view(shape), v_t.float().view(shape), dt), {"t_query": t.mean().item()}

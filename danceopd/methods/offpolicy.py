@@ -1,0 +1,36 @@
+"""Off-policy distillation: the routed teacher is queried on states the student did not produce: forward-noised
+data (default) or the teacher's own rollout (``offpolicy_states: teacher_rollout``). Same grid and query bias as
+DanceOPD, so the only difference is whose states are supervised."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core import interpolate, rollout_to_queries, sample_query_indices, velocity_mse
+from .base import Method, repeat_k, student_sources
+
+
+class OffPolicy(Method):
+    name = "offpolicy"
+    uses_data_targets = True
+
+    def loss(self, ctx, route, batch):
+        cfg, s = ctx.cfg, ctx.student
+        B = len(batch.prompts)
+        src = student_sources(ctx, batch)
+        ts = s.timesteps(cfg.rollout_steps, cfg.rollout_shift)
+        q = sample_query_indices(B, cfg.rollout_steps, k=cfg.k, bias=cfg.bias)
+        prompts_k, src_k = repeat_k(batch.prompts, src, cfg.k)
+        teacher = ctx.teachers[route.teacher]
+        if cfg.offpolicy_states == "teacher_rollout":
+            noise = torch.randn(s.latent_shape(B), device=ctx.device)
+            r = rollout_to_queries(teacher.field(batch.prompts, src), noise, ts, q)
+            x, t = r.x_q.flatten(0, 1), r.t_q.flatten()
+        else:
+            t = ts[q].flatten()
+            x_0 = batch.x_0.to(ctx.device).repeat_interleave(cfg.k, dim=0)
+            x = interpolate(x_0, torch.randn_like(x_0), t)
+        with torch.no_grad():
+            v_teacher = teacher.field(prompts_k, src_k)(x, t)
+        v_student = s.velocity(x, t, s.encode(prompts_k, src_k))
+        return velocity_mse(v_student.float(), v_teacher.float()), {"t_query": t.mean().item()}
