@@ -9,9 +9,41 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .world import WorldBackend, load_world_model
+from .world import WorldBackend, WorldFamily, load_world_model
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
+
+
+class Family:
+    """How the engines use a family of models (``world``, and the diffusers adapters ``sd3``, ``zimage``,
+    ``flux_kontext``): ``check(spec)`` (cheap, before any load), ``load_teacher(spec)`` (frozen backend),
+    ``build_student(init, teachers, needs_edit, merge, freeze_text)`` (trainable backend; ``init`` may be
+    ``merged``), ``export(student, out, sampling, meta, lora)``. Families register themselves here."""
+
+    name = ""
+
+
+FAMILIES: dict[str, object] = {}
+
+
+def register_family(family) -> None:
+    FAMILIES[family.name] = family
+
+
+def get_family(name: str):
+    if name not in FAMILIES:
+        try:  # optional families register on import
+            import importlib
+
+            importlib.import_module(f"danceopd.backends.{name}")
+        except ImportError:
+            pass
+    if name not in FAMILIES:
+        raise UserError(f"backend {name!r} unknown; available: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+register_family(WorldFamily())
 
 
 def shipped_models() -> list[str]:

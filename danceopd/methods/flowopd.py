@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from ..core import gaussian_log_prob, group_advantages, ppo_clip_loss, sde_rollout, sde_transition, transition_kl
+from ..core import (
+    gaussian_log_prob,
+    group_advantages,
+    ppo_clip_loss,
+    sde_rollout,
+    sde_transition,
+    transition_kl,
+)
 from .base import Method, student_sources
 
 

@@ -17,7 +17,7 @@ class JointSFT(Method):
 
     def loss(self, ctx, route, batch):
         B = len(batch.prompts)
-        x_0 = batch.x_0.to(ctx.device)
+        x_0 = ctx.student.encode_images(batch.x_0)
         noise = torch.randn_like(x_0)
         t = sample_t(B)
         drop = torch.rand(B) < ctx.cfg.text_dropout

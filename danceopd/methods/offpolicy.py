@@ -28,7 +28,7 @@ class OffPolicy(Method):
             x, t = r.x_q.flatten(0, 1), r.t_q.flatten()
         else:
             t = ts[q].flatten()
-            x_0 = batch.x_0.to(ctx.device).repeat_interleave(cfg.k, dim=0)
+            x_0 = ctx.student.encode_images(batch.x_0).repeat_interleave(cfg.k, dim=0)
             x = interpolate(x_0, torch.randn_like(x_0), t)
         with torch.no_grad():
             v_teacher = teacher.field(prompts_k, src_k)(x, t)

@@ -42,9 +42,10 @@ class WorldData:
 
 
 class CsvData:
-    """All rows of ``bucket`` held in memory (validated up front by ``load_csv``), drawn with replacement."""
+    """All rows of ``bucket`` held in memory (validated up front by ``load_csv``), drawn with replacement.
+    ``resolution`` None: any size, but all images equal."""
 
-    def __init__(self, csv_path: str, bucket: str, seed: int, resolution: int = 32):
+    def __init__(self, csv_path: str, bucket: str, seed: int, resolution: int | None = 32):
         ds = load_csv(csv_path, buckets=[bucket], resolution=resolution)
         rows = ds.bucket(bucket)
         self.prompts = [r.prompt for r in rows]
@@ -70,5 +71,5 @@ class CsvData:
         self.rng.bit_generator.state = s["bit_generator"]
 
 
-def make_data(bucket: str, csv: str | None, seed: int, resolution: int):
-    return CsvData(csv, bucket, seed, resolution) if csv else WorldData(bucket, seed, resolution)
+def make_data(bucket: str, csv: str | None, seed: int, resolution: int | None):
+    return CsvData(csv, bucket, seed, resolution) if csv else WorldData(bucket, seed, resolution or 32)

@@ -20,15 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backends.world import SamplingConfig, WorldBackend, save_world_model
-from ..backends.world_model import WorldUNet, widen_for_editing
+from ..backends.world import SamplingConfig
 from ..core import QUERY_BIASES, Route, RouteSampler
-from ..errors import UserError
-from ..methods import METHODS, MethodConfig, StepContext, TeacherField, merge_state_dicts
+from ..methods import METHODS, MethodConfig, StepContext, TeacherField
 from ..world.sampler import BUCKETS
 from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint, write_json_atomic
 from .common import (
-    EMA, LoraConfig, MetricsLog, NonFiniteError, add_lora, check_finite, kill_point, merged_state_dict,
+    EMA,
+    LoraConfig,
+    MetricsLog,
+    NonFiniteError,
+    add_lora,
+    check_finite,
+    kill_point,
     prepare_run_dir,
 )
 from .data import make_data
@@ -145,6 +149,7 @@ class DistillTrain:
 @dataclass
 class DistillConfig:
     name: str = "distill"
+    backend: str = "world"     # model family: world | sd3 | zimage | flux_kontext
     setting: str = ""
     method: str = "danceopd"
     seed: int = 0
@@ -173,48 +178,6 @@ class DistillConfig:
             raise ValueError("flowopd: train.batch_size must be a multiple of flowopd.group_size")
 
 
-def _load_teacher_net(spec: str):
-    from ..backends.registry import load_backend
-
-    return load_backend(spec)
-
-
-def _check_models_exist(cfg: DistillConfig):
-    from ..backends.registry import resolve_model_path
-
-    specs = [("routes." + r.name + ".teacher", r.teacher) for r in cfg.routes]
-    if cfg.student.init != "merged":
-        specs.append(("student.init", cfg.student.init))
-    for key, spec in specs:
-        try:
-            resolve_model_path(spec)
-        except FileNotFoundError:
-            raise UserError(f"{key}: model {spec!r} not found (world:<name>, a .safetensors file or run folder)") \
-                from None
-
-
-def _widen_if(net: WorldUNet, edit: bool) -> WorldUNet:
-    return widen_for_editing(net) if edit and not net.cfg.edit else net
-
-
-def build_student(cfg: DistillConfig, teachers: dict[str, WorldBackend]) -> tuple[WorldUNet, object]:
-    """Student init: a named model, or ``merged`` teachers (coefficients from ``merge``). Widened (zero-init) for
-    editing when any route edits."""
-    needs_edit = any(r.bucket != "t2i" for r in cfg.routes)
-    if cfg.student.init == "merged" or cfg.method == "weight_merge":
-        nets = [teachers[r.name].net for r in cfg.routes]
-        edit = needs_edit or any(n.cfg.edit for n in nets)
-        nets = [_widen_if(n, edit) for n in nets]
-        coeffs = cfg.merge.coefficients or [1.0 / len(nets)] * len(nets)
-        merged = merge_state_dicts([n.state_dict() for n in nets], coeffs)
-        net = WorldUNet(nets[0].cfg)
-        net.load_state_dict(merged)
-        return net, teachers[cfg.routes[0].name].tokenizer
-    be = _load_teacher_net(cfg.student.init)
-    net = _widen_if(be.net, needs_edit)
-    return net, be.tokenizer
-
-
 def method_config(cfg: DistillConfig) -> MethodConfig:
     return MethodConfig(
         rollout_steps=cfg.rollout.steps, rollout_shift=cfg.rollout.shift, rollout_text_scale=cfg.rollout.text_scale,
@@ -231,10 +194,16 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     from tqdm import tqdm
 
     out = Path(out)
-    _check_models_exist(cfg)
+    from ..backends.registry import get_family
+
+    family = get_family(cfg.backend)
+    for r in cfg.routes:
+        family.check(r.teacher)
+    if cfg.student.init != "merged":
+        family.check(cfg.student.init)
     for r in cfg.routes:
         if r.csv:
-            make_data(r.bucket, r.csv, 0, 32)  # validates the CSV before any model loads
+            make_data(r.bucket, r.csv, 0, None)  # validates the CSV before any model loads
     resuming = prepare_run_dir(out, resume, overwrite, dataclasses.asdict(cfg))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -243,28 +212,26 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
                               project_dir=str(out), cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     method = METHODS[cfg.method]()
-    teacher_be = {r.name: _load_teacher_net(r.teacher) for r in cfg.routes}
-    for be in teacher_be.values():
-        be.model.to(accelerator.device).eval()
-    net, tok = build_student(cfg, teacher_be)
+    teacher_be = {r.name: family.load_teacher(r.teacher, accelerator.device) for r in cfg.routes}
+    needs_edit = any(r.bucket != "t2i" for r in cfg.routes)
+    init = "merged" if cfg.method == "weight_merge" else cfg.student.init
+    student = family.build_student(init, [teacher_be[r.name] for r in cfg.routes], needs_edit,
+                                   cfg.merge.coefficients or None, cfg.student.freeze_text)
     resolution = next(iter(teacher_be.values())).resolution
     sampling = cfg.sampling or SamplingConfig(steps=16, text_scale=method.student_text_scale)
+    student.sampling = sampling
     t_start = time.time()
+    meta = {"name": cfg.name, "method": cfg.method, "setting": cfg.setting, "resolution": resolution,
+            "config": json.dumps(dataclasses.asdict(cfg))}
 
     if not method.trains:  # weight merging: export the merged weights, done
         if accelerator.is_main_process:
-            save_world_model(net, tok, out / "model.safetensors", sampling,
-                             meta={"name": cfg.name, "method": cfg.method, "resolution": resolution, "steps": 0,
-                                   "config": json.dumps(dataclasses.asdict(cfg))})
+            family.export(student, out, sampling, {**meta, "steps": 0}, lora=False)
             write_json_atomic(out / "final.json", {"steps": 0, "wall_time_s": round(time.time() - t_start, 2),
                                                    "sec_per_step": 0.0})
         return out
 
-    for p in net.parameters():
-        p.requires_grad_(True)
-    if cfg.student.freeze_text:
-        for p in net.text.parameters():
-            p.requires_grad_(False)
+    net = student.model
     if cfg.student.lora.enabled:
         net = add_lora(net, cfg.student.lora)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -274,7 +241,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     model, opt, sched = accelerator.prepare(net, opt, sched)
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     ema = EMA(named, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    student = WorldBackend(model, tok, resolution, sampling)
+    student.model = model
     teachers = {r.name: TeacherField(teacher_be[r.name], cfg.teacher_guidance.text_scale,
                                      cfg.teacher_guidance.image_scale) for r in cfg.routes}
     routes = [Route(r.name, r.bucket, r.name, r.weight) for r in cfg.routes]
@@ -367,41 +334,24 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     bar.close()
     accelerator.end_training()
     if step >= cfg.train.steps and accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.swap(named)
         try:
-            state = merged_state_dict(unwrapped) if cfg.student.lora.enabled else unwrapped.state_dict()
-            plain = WorldUNet(net.cfg if isinstance(net, WorldUNet) else _base_cfg(unwrapped))
-            plain.load_state_dict(state)
+            family.export(student, out, sampling, {**meta, "steps": cfg.train.steps,
+                                                   "wall_time_s": round(time.time() - t_start, 1)},
+                          lora=cfg.student.lora.enabled)
         finally:
             if ema is not None:
                 ema.swap(named)
         sec = float(np.median(step_times)) if step_times else None
-        meta = {"name": cfg.name, "method": cfg.method, "setting": cfg.setting, "resolution": resolution,
-                "steps": cfg.train.steps, "wall_time_s": round(time.time() - t_start, 1),
-                "config": json.dumps(dataclasses.asdict(cfg))}
-        save_world_model(plain, tok, out / "model.safetensors", sampling, meta=meta)
-        if cfg.student.lora.enabled:
-            from safetensors.torch import save_file
-
-            from .common import lora_state
-
-            save_file({k: v.contiguous() for k, v in lora_state(unwrapped).items()}, str(out / "lora.safetensors"))
         write_json_atomic(out / "final.json", {"steps": cfg.train.steps, "sec_per_step": sec,
                                                "wall_time_s": round(time.time() - t_start, 1)})
     accelerator.wait_for_everyone()
     return out
 
 
-def _base_cfg(m):
-    while not isinstance(m, WorldUNet):
-        m = getattr(m, "base_model", None) or m.module
-    return m.cfg
-
-
 @torch.no_grad()
-def _sample_grid(student: WorldBackend, cfg: DistillConfig, path: Path, accelerator, step: int, res: int):
+def _sample_grid(student, cfg: DistillConfig, path: Path, accelerator, step: int, res: int):
     from PIL import Image
 
     from ..world import DEFAULT_WORLD, render_batch, sample_example
