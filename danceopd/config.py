@@ -98,16 +98,28 @@ def to_dict(obj) -> dict:
 
 
 def _set_path(d: dict, dotted: str, value, where: str):
+    """Set ``a.b.c`` in nested mappings; a numeric part indexes a list (``routes.0.teacher``)."""
     keys = dotted.split(".")
     cur = d
     for k in keys[:-1]:
+        if isinstance(cur, list):
+            if not k.isdigit() or int(k) >= len(cur):
+                raise UserError(f"{where}: {dotted!r}: no list item {k!r}")
+            cur = cur[int(k)]
+            continue
         nxt = cur.get(k)
         if nxt is None:
             nxt = cur[k] = {}
-        if not isinstance(nxt, dict):
+        if not isinstance(nxt, (dict, list)):
             raise UserError(f"{where}: {dotted!r}: {k!r} is not a section")
         cur = nxt
-    cur[keys[-1]] = value
+    last = keys[-1]
+    if isinstance(cur, list):
+        if not last.isdigit() or int(last) >= len(cur):
+            raise UserError(f"{where}: {dotted!r}: no list item {last!r}")
+        cur[int(last)] = value
+    else:
+        cur[last] = value
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

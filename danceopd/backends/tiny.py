@@ -1,0 +1,174 @@
+"""Tiny random-weight diffusers pipelines, built offline in code (no hub, no downloads).
+
+They have the real pipeline classes, the real component classes and the real folder layout
+(``save_pretrained``), only with very small widths, so tests, benchmarks and smoke runs of the ``sd3``,
+``zimage`` and ``flux_kontext`` backends run in seconds on a CPU:
+
+    python -c "from danceopd.backends.tiny import build; build('sd3', 'runs/tiny_sd3')"
+
+Tokenizers are character level (byte-level BPE with no merges, a small T5 unigram vocabulary), built in memory.
+Sizes: ``size="tiny"`` (well under 1M transformer parameters) or ``size="small"`` (SD3 only: ~31M, for benchmarks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_T5_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()/&%+=#@*"
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for the bytes 0..255 (GPT-2 style mapping)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + c, -3.0) for c in _T5_ALPHABET[:36]]
+    pieces += [(c, -4.0) for c in _T5_ALPHABET]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+
+
+def qwen_tokenizer():
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], chat_template=QWEN_TEMPLATE, model_max_length=4096)
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL})
+    return tok
+
+
+def _clip_encoder(tok, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
+
+
+def _t5_encoder(tok):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=2,
+                                   relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
+                                   eos_token_id=1, decoder_start_token_id=0))
+
+
+def _vae(shift: float, scale: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                         layers_per_block=1, latent_channels=16, norm_num_groups=4, sample_size=256,
+                         shift_factor=shift, scaling_factor=scale, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_sd3(out, size: str = "tiny", seed: int = 0) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tok, tok3 = clip_tokenizer(), t5_tokenizer()
+    width = {"tiny": (2, 8, 4, 32), "small": (6, 64, 6, 384)}[size]
+    layers, head_dim, heads, cap_dim = width
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16,
+                                        num_layers=layers, attention_head_dim=head_dim, num_attention_heads=heads,
+                                        joint_attention_dim=64, caption_projection_dim=cap_dim,
+                                        pooled_projection_dim=64)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_vae(0.0609, 1.5305), text_encoder=_clip_encoder(tok, True), tokenizer=tok,
+        text_encoder_2=_clip_encoder(tok, True), tokenizer_2=clip_tokenizer(), text_encoder_3=_t5_encoder(tok3),
+        tokenizer_3=tok3)
+    _randomize_zero_init(pipe.transformer, seed)
+    pipe.save_pretrained(str(out))
+    return Path(out)
+
+
+def build_flux_kontext(out, seed: int = 0) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                                         pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                            base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                            max_image_seq_len=4096)
+    pipe = FluxKontextPipeline(scheduler=sched, vae=_vae(0.1159, 0.3611), text_encoder=_clip_encoder(tok, False),
+                               tokenizer=tok, text_encoder_2=_t5_encoder(tok2), tokenizer_2=tok2,
+                               transformer=transformer)
+    _randomize_zero_init(pipe.transformer, seed)
+    pipe.save_pretrained(str(out))
+    return Path(out)
+
+
+def build_zimage(out, seed: int = 0) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    tok = qwen_tokenizer()
+    enc = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id))
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64,
+                                           n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
+                                           axes_dims=[8, 12, 12], axes_lens=[1024, 64, 64])
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    pipe = ZImagePipeline(scheduler=sched, vae=_vae(0.1159, 0.3611), text_encoder=enc, tokenizer=tok,
+                          transformer=transformer)
+    _randomize_zero_init(pipe.transformer, seed)
+    pipe.save_pretrained(str(out))
+    return Path(out)
+
+
+@torch.no_grad()
+def _randomize_zero_init(model: torch.nn.Module, seed: int):
+    """Real checkpoints have no all-zero layers; diffusers zero-initializes some (adaLN, output projections,
+    pad tokens), which would make a random tiny model's output independent of its input. Give them small noise."""
+    g = torch.Generator().manual_seed(seed + 1)
+    for p in model.parameters():
+        if p.numel() and bool((p == 0).all()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+BUILDERS = {"sd3": build_sd3, "zimage": build_zimage, "flux_kontext": build_flux_kontext}
+
+
+def build(family: str, out, **kw) -> Path:
+    return BUILDERS[family](out, **kw)

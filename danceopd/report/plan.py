@@ -1,0 +1,138 @@
+"""The cells of a reproduction: teacher evaluations, teacher trainings (optional), distillation runs, ablations.
+
+A cell is identified by a readable ``id`` and keyed by everything that determines its result (config file
+contents after includes and overrides, evaluation settings, seed); a changed config is a new cell, so finished
+results are reused and never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "world"
+METHODS_ALL = ("joint_sft", "weight_merge", "offpolicy", "soft_mix", "diffusionopd", "flowopd", "danceopd")
+TEACHERS = {"A": ("t2i", "edit"), "B": ("local_edit", "global_edit")}
+
+
+@dataclass
+class Cell:
+    id: str
+    kind: str                         # "teacher" (evaluate a model) | "distill" | "sft" (train a teacher)
+    model: str | None = None          # teacher cells: model spec
+    config: str | None = None         # distill / sft cells: config file name under configs/world
+    overrides: list[str] = field(default_factory=list)
+    suite: str = "all"
+    eval_n: int | None = None         # None = the suite's default
+    seed: int = 0
+    curve: list[int] = field(default_factory=list)   # training steps at which to evaluate (curves)
+    curve_n: int | None = None
+    tags: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("tags")
+        if self.config:
+            import yaml
+
+            from ..config import _resolve_includes  # the config as loaded, includes merged
+
+            path = CONFIG_DIR / self.config
+            d["config_content"] = _resolve_includes(yaml.safe_load(path.read_text(encoding="utf-8")), path, 0)
+        d["version"] = __version__
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def dirname(self) -> str:
+        return self.id.replace("/", "__").replace("=", "-") + "--" + self.key()
+
+
+def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,
+             suite=None):
+    ov = [f"seed={seed}"] + ([f"train.steps={steps}"] if steps else []) + list(extra)
+    cid = f"{setting}/{method}/s{seed}" + ("" if not tag_extra else "/" + ",".join(
+        f"{k}={v}" for k, v in tag_extra.items()))
+    return Cell(cid, "distill", config=f"{setting}_{method}.yaml", overrides=ov,
+                suite=suite or ("all" if setting == "A" else "edit"), eval_n=eval_n, seed=seed,
+                curve=list(curve), curve_n=curve_n,
+                tags={"setting": setting, "method": method, "seed": seed, **(tag_extra or {})})
+
+
+def teacher_cells(eval_n=None, names=("t2i", "edit", "local_edit", "global_edit"), model_prefix="world:"):
+    return [Cell(f"teacher/{n}", "teacher", model=f"{model_prefix}{n}", suite="all", eval_n=eval_n,
+                 tags={"teacher": n}) for n in names]
+
+
+def quick_plan(seed: int = 0) -> list[Cell]:
+    """The comparison table's four rows in setting A, one seed, reduced sample counts."""
+    n, steps = 8, 120
+    cells = teacher_cells(eval_n=n, names=TEACHERS["A"])
+    for m in ("joint_sft", "offpolicy", "danceopd"):
+        cells.append(_distill("A", m, seed, steps=steps, eval_n=n))
+    return cells
+
+
+def full_plan_stage1(seed: int = 0) -> list[Cell]:
+    """Every method in both settings (seed 0), curves for the main rows, and the ablations (setting A)."""
+    cells = teacher_cells()
+    curve = [100, 200, 300, 400]
+    for s in ("A", "B"):
+        for m in METHODS_ALL:
+            main = m in ("danceopd", "joint_sft", "offpolicy")
+            cells.append(_distill(s, m, seed, curve=curve if main else (), curve_n=8 if main else None))
+    abl_steps = 200
+    A = "A"
+    for bias in ("low_t", "mid_t", "high_t"):
+        cells.append(_distill(A, "danceopd", seed, steps=abl_steps, extra=[f"query.bias={bias}"],
+                              tag_extra={"ablation": "query_bias", "value": bias}))
+    for k in (1, 2, 4, 16):
+        cells.append(_distill(A, "danceopd", seed, steps=abl_steps, extra=[f"query.k={k}"],
+                              tag_extra={"ablation": "k", "value": k}))
+    for n in (4, 8, 16):
+        cells.append(_distill(A, "danceopd", seed, steps=abl_steps, extra=[f"rollout.steps={n}"],
+                              tag_extra={"ablation": "rollout_steps", "value": n}))
+    for init in ("world:t2i", "world:edit", "merged"):
+        cells.append(_distill(A, "danceopd", seed, steps=abl_steps, extra=[f"student.init={init}"],
+                              tag_extra={"ablation": "student_init", "value": init}))
+    cells.append(_distill(A, "soft_mix", seed, steps=abl_steps, tag_extra={"ablation": "routing", "value": "soft"}))
+    cells.append(_distill(A, "danceopd", seed, steps=abl_steps, tag_extra={"ablation": "routing", "value": "hard"}))
+    for alpha in (1.0, 3.0):
+        for beta in (1.0, 3.0):
+            cells.append(_distill(A, "danceopd", seed, steps=abl_steps,
+                                  extra=[f"teacher_guidance.text_scale={alpha}", f"rollout.text_scale={beta}",
+                                         f"sampling.text_scale={beta}"],
+                                  tag_extra={"ablation": "cfg", "value": f"a{alpha:g}_b{beta:g}"}))
+    return cells
+
+
+def full_plan_stage2(scores: dict[str, dict], seeds=(1, 2)) -> list[Cell]:
+    """Extra seeds for DanceOPD and the two strongest baselines per setting (ranked on seed-0 results)."""
+    cells = []
+    for s in ("A", "B"):
+        ranked = []
+        for m in METHODS_ALL:
+            if m == "danceopd":
+                continue
+            sc = scores.get(f"{s}/{m}/s0")
+            if sc is not None:
+                ranked.append((overall_quality(sc, s), m))
+        best = [m for _, m in sorted(ranked, reverse=True)[:2]]
+        for m in ["danceopd", *best]:
+            for seed in seeds:
+                cells.append(_distill(s, m, seed))
+    return cells
+
+
+def overall_quality(scores: dict, setting: str) -> float:
+    """One 0-10 number per model: setting A = mean of 10 x GenEval overall and GEdit average O; setting B = GEdit
+    average O. Used to rank baselines and as the comparison table's overall column."""
+    o = (scores.get("gedit") or {}).get("avg", {}).get("o")
+    g = (scores.get("geneval") or {}).get("overall")
+    if setting == "A" and g is not None and o is not None:
+        return (10 * g + o) / 2
+    return o if o is not None else float("nan")

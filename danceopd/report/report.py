@@ -1,0 +1,374 @@
+"""The report: comparison table, Table-2 blocks for both settings, ablations, curves, sample grids, provenance,
+and a reading of where the world agrees with the paper. Written as ``report.md`` (figures beside it) and a
+self-contained ``report.html`` (figures embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..world.edits import EDIT_CATEGORIES
+from ..world.prompts import T2I_CATEGORIES
+from .plan import METHODS_ALL, TEACHERS, overall_quality
+
+GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
+               "style_change": "style-chg", "color_alter": "color-alt", "subject_remove": "subj-rem"}
+GENEVAL_SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "color",
+                 "position": "position", "color_attr": "color-attr"}
+METHOD_NAMES = {"joint_sft": "Joint SFT (naive student)", "weight_merge": "Weight merge", "offpolicy": "Off-policy",
+                "soft_mix": "Soft mix (no routing)", "diffusionopd": "DiffusionOPD", "flowopd": "Flow-OPD",
+                "danceopd": "**DanceOPD**"}
+
+
+def _get(sc: dict | None, *path):
+    cur = sc
+    for p in path:
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return cur
+
+
+def _bucket_metric(sc, metric, bucket):
+    v = _get(sc, f"{metric}_by_bucket", bucket)
+    return v if v is not None else _get(sc, metric)
+
+
+def _fmt(vals, digits=2):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def _table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _seeds(recs, setting, method, extra=None):
+    """Scores of every seed of (setting, method) main cells (no ablation tag)."""
+    out = []
+    for r in recs.values():
+        t = r.get("tags", {})
+        if t.get("setting") == setting and t.get("method") == method and "ablation" not in t \
+                and r.get("status") == "done":
+            out.append(r)
+    return out
+
+
+def comparison_table(recs) -> tuple[str, dict]:
+    t2i, edit = recs.get("teacher/t2i"), recs.get("teacher/edit")
+    rows, vals = [], {}
+    teacher_scores = None
+    if t2i and edit:
+        g, o = _get(t2i["scores"], "geneval", "overall"), _get(edit["scores"], "gedit", "avg", "o")
+        ov = (10 * g + o) / 2 if g is not None and o is not None else None
+        teacher_scores = [_get(t2i["scores"], "fid"), _bucket_metric(edit["scores"], "clip_score", "local_edit"),
+                          _bucket_metric(edit["scores"], "lpips", "global_edit"), ov]
+        rows.append(["Single-Task Teacher"] + [_fmt([v]) for v in teacher_scores])
+        vals["teacher"] = teacher_scores
+    for label, m in (("Naive Student (Average Gradients)", "joint_sft"), ("Off-Policy Distillation", "offpolicy"),
+                     ("DanceOPD (On-Policy)", "danceopd")):
+        rs = _seeds(recs, "A", m)
+        if not rs:
+            continue
+        cols = [[_get(r["scores"], "fid") for r in rs],
+                [_bucket_metric(r["scores"], "clip_score", "local_edit") for r in rs],
+                [_bucket_metric(r["scores"], "lpips", "global_edit") for r in rs],
+                [overall_quality(r["scores"], "A") for r in rs]]
+        rows.append([label] + [_fmt(c) for c in cols])
+        vals[m] = [np.mean([x for x in c if x is not None]) if any(x is not None for x in c) else None for c in cols]
+    md = _table(["Setting A (T2I + Edit)", "T2I FID ↓", "Local Editing CLIP score ↑", "Global Editing LPIPS ↓",
+                 "Overall quality (0-10) ↑"], rows)
+    md += ("\n\nOverall quality = (10 × GenEval overall + GEdit average O) / 2, both measured by the world judge "
+           "(for the teacher row: the T2I teacher's GenEval and the edit teacher's GEdit). FID uses world "
+           "features; CLIP score is 100·max(cos, 0) of the world contrastive model over local-edit outputs; LPIPS "
+           "is the world-feature distance of global-edit outputs to their exact targets.")
+    return md, vals
+
+
+def table2(recs, setting) -> tuple[str, dict]:
+    cats_e = [GEDIT_SHORT[c] for c in EDIT_CATEGORIES]
+    cats_g = [GENEVAL_SHORT[c] for c in T2I_CATEGORIES]
+    header = ["Model", *cats_e, "GEdit avg", *cats_g, "GenEval overall", "s / step"]
+    rows, overall = [], {}
+
+    def row(label, scs, sec=None):
+        r = [label]
+        r += [_fmt([_get(s, "gedit", c, "o") for s in scs]) for c in EDIT_CATEGORIES]
+        r += [_fmt([_get(s, "gedit", "avg", "o") for s in scs])]
+        r += [_fmt([_get(s, "geneval", c) for s in scs]) for c in T2I_CATEGORIES]
+        r += [_fmt([_get(s, "geneval", "overall") for s in scs])]
+        r += [_fmt(sec or [None])]
+        return r
+
+    for t in TEACHERS[setting]:
+        rec = recs.get(f"teacher/{t}")
+        if rec:
+            rows.append(row(f"source: {t}", [rec["scores"]]))
+    for m in METHODS_ALL:
+        rs = _seeds(recs, setting, m)
+        if rs:
+            rows.append(row(METHOD_NAMES[m] + (f" (n={len(rs)} seeds)" if len(rs) > 1 else ""),
+                            [r["scores"] for r in rs], [r.get("sec_per_step") for r in rs]))
+            overall[m] = float(np.mean([overall_quality(r["scores"], setting) for r in rs]))
+    md = _table(header, rows)
+    if "danceopd" in overall and len(overall) > 1:
+        best_m = max((m for m in overall if m != "danceopd"), key=lambda m: overall[m])
+        gain = (overall["danceopd"] - overall[best_m]) / max(abs(overall[best_m]), 1e-9) * 100
+        md += (f"\n\nOverall quality ({'(10·GenEval + GEdit O)/2' if setting == 'A' else 'GEdit average O'}): "
+               f"DanceOPD {overall['danceopd']:.2f} vs best baseline {best_m} {overall[best_m]:.2f} "
+               f"→ relative gain {gain:+.1f}%.")
+    return md, overall
+
+
+def ablation_tables(recs, figdir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list] = {}
+    for r in recs.values():
+        t = r.get("tags", {})
+        if "ablation" in t and r.get("status") == "done":
+            groups.setdefault(t["ablation"], []).append(r)
+    titles = {"routing": "Hard vs soft routing", "query_bias": "Query bias", "k": "Queries per rollout K",
+              "rollout_steps": "Rollout steps", "student_init": "Student initialization",
+              "cfg": "CFG absorption (training α × inference β)"}
+    out = []
+    for name in ("routing", "query_bias", "k", "rollout_steps", "student_init", "cfg"):
+        rs = groups.get(name)
+        if not rs:
+            continue
+        rows, xs, ys = [], [], []
+        for r in sorted(rs, key=lambda r: str(r["tags"]["value"])):
+            sc = r["scores"]
+            q = overall_quality(sc, "A")
+            extra = ""
+            if name == "cfg":
+                beta = float(str(r["tags"]["value"]).split("_b")[1])
+                extra = f"{2 if beta != 1 else 1}"
+            rows.append([r["tags"]["value"], _fmt([_get(sc, "gedit", "avg", "o")]),
+                         _fmt([_get(sc, "geneval", "overall")]), _fmt([q]), _fmt([r.get("sec_per_step")]), extra])
+            xs.append(str(r["tags"]["value"]))
+            ys.append(q)
+        hdr = ["value", "GEdit avg O", "GenEval overall", "overall (0-10)", "s / step",
+               "forwards / sampling step" if name == "cfg" else ""]
+        out.append(f"### {titles[name]}\n\n" + _table(hdr, rows))
+        fig, ax = plt.subplots(figsize=(4, 2.6))
+        ax.bar(xs, ys, color="#4477aa")
+        ax.set_ylabel("overall (0-10)")
+        ax.set_title(titles[name], fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+        fig.tight_layout()
+        p = figdir / f"ablation_{name}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(f"![{titles[name]}](figures/{p.name})")
+    return "\n\n".join(out)
+
+
+def curves_figure(recs, figdir: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = [r for r in recs.values() if r.get("curve") and "ablation" not in r.get("tags", {})
+            and r["tags"].get("seed", 0) == 0]
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, setting in zip(axes, ("A", "B")):
+        for r in have:
+            if r["tags"]["setting"] != setting:
+                continue
+            pts = sorted(r["curve"], key=lambda p: p["step"])
+            final = r.get("scores")
+            steps = [p["step"] for p in pts]
+            vals = [overall_quality(p["scores"], setting) for p in pts]
+            ax.plot(steps, vals, marker="o", label=r["tags"]["method"])
+            _ = final
+        ax.set_title(f"setting {setting}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("overall (0-10)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = figdir / "curves.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return f"![training curves](figures/{p.name})"
+
+
+def sample_grids(recs, figdir: Path, seed: int = 0, n: int = 6) -> str:
+    """Every model of a setting on the same prompts / instructions / seeds."""
+    from PIL import Image, ImageDraw
+
+    from ..backends.registry import load_backend
+    from ..world import DEFAULT_WORLD, render_batch, sample_example
+
+    out = []
+    for setting, buckets in (("A", ("t2i", "edit")), ("B", ("local_edit", "global_edit"))):
+        models = [(f"source {t}", f"world:{t}") for t in TEACHERS[setting] if f"teacher/{t}" in recs]
+        models = [(lbl, recs[f"teacher/{t}"].get("model_path", m)) for (lbl, m), t in zip(models, TEACHERS[setting])]
+        for m in METHODS_ALL:
+            rs = [r for r in _seeds(recs, setting, m) if r["tags"].get("seed", 0) == seed and r.get("model")]
+            if rs:
+                models.append((m, rs[0]["model"]))
+        if len(models) < 2:
+            continue
+        rng = np.random.default_rng(seed + 99)
+        exs = [sample_example(rng, DEFAULT_WORLD, b) for b in buckets for _ in range(n // len(buckets))]
+        batch = render_batch(exs, DEFAULT_WORLD)
+        cell, label_w = 48, 150
+        rows_img = []
+        header = Image.new("RGB", (label_w + cell * len(exs), cell), "white")
+        for j, e in enumerate(exs):
+            src = batch.source[j] if e.source is not None else batch.target[j]
+            header.paste(Image.fromarray(src).resize((cell, cell), Image.NEAREST), (label_w + j * cell, 0))
+        ImageDraw.Draw(header).text((4, 18), "source / target", fill="black")
+        rows_img.append(header)
+        for label, spec in models:
+            try:
+                be = load_backend(spec)
+            except Exception:
+                continue
+            imgs = []
+            for j, e in enumerate(exs):
+                src = batch.source[j:j + 1] if (e.source is not None and be.is_edit) else None
+                if e.source is not None and not be.is_edit:
+                    imgs.append(np.full((32, 32, 3), 255, np.uint8))  # a T2I model cannot edit
+                    continue
+                imgs.append(be.sample([e.prompt], src, seed=seed)[0])
+            row = Image.new("RGB", (label_w + cell * len(exs), cell), "white")
+            for j, im in enumerate(imgs):
+                row.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (label_w + j * cell, 0))
+            ImageDraw.Draw(row).text((4, 18), label, fill="black")
+            rows_img.append(row)
+        grid = Image.new("RGB", (rows_img[0].width, cell * len(rows_img)), "white")
+        for i, r in enumerate(rows_img):
+            grid.paste(r, (0, i * cell))
+        p = figdir / f"samples_{setting}.png"
+        grid.save(p)
+        prompts = "; ".join(f"{j + 1}. {e.prompt}" for j, e in enumerate(exs))
+        out.append(f"**Setting {setting}** (columns: {prompts})\n\n![samples {setting}](figures/{p.name})")
+    return "\n\n".join(out)
+
+
+def reading(recs, overall_a, overall_b, comp_vals) -> str:
+    lines = []
+    for s, ov in (("A", overall_a), ("B", overall_b)):
+        if "danceopd" in ov and len(ov) > 1:
+            rest = {m: v for m, v in ov.items() if m != "danceopd"}
+            best = max(rest, key=rest.get)
+            verdict = "agrees with" if ov["danceopd"] > rest[best] else "does NOT agree with"
+            lines.append(f"- Setting {s}: DanceOPD overall {ov['danceopd']:.2f} vs best baseline {best} "
+                         f"{rest[best]:.2f} — {verdict} the paper's claim that DanceOPD beats every baseline.")
+            worse = [m for m, v in rest.items() if v >= ov["danceopd"]]
+            if worse:
+                lines.append(f"  Baselines at or above DanceOPD here: {', '.join(worse)}.")
+    secs = {}
+    for r in recs.values():
+        t = r.get("tags", {})
+        if t.get("setting") == "A" and "ablation" not in t and r.get("sec_per_step") and t.get("seed", 0) == 0:
+            secs[t["method"]] = r["sec_per_step"]
+    if {"flowopd", "diffusionopd", "danceopd"} <= set(secs):
+        order = secs["flowopd"] > secs["diffusionopd"] > secs["danceopd"]
+        lines.append(f"- Cost per step (setting A): Flow-OPD {secs['flowopd']:.2f} s, DiffusionOPD "
+                     f"{secs['diffusionopd']:.2f} s, DanceOPD {secs['danceopd']:.2f} s — "
+                     f"{'same order as' if order else 'NOT the order of'} the paper (Flow-OPD ≫ DiffusionOPD > DanceOPD).")
+    if "teacher" in comp_vals and "danceopd" in comp_vals:
+        t, d = comp_vals["teacher"], comp_vals["danceopd"]
+        if t[3] is not None and d[3] is not None:
+            lines.append(f"- Against the single-task teachers (each on its own capability): DanceOPD overall "
+                         f"{d[3]:.2f} vs teachers {t[3]:.2f}.")
+    if not lines:
+        lines.append("- Not enough finished cells for a reading yet.")
+    return "\n".join(lines)
+
+
+def provenance(recs) -> str:
+    rows = []
+    for cid in sorted(recs):
+        r = recs[cid]
+        rows.append([cid, f"`{r.get('command', '')}`", r.get("git_sha", ""), f"{r.get('wall_time_s', 0) / 60:.1f}"])
+    machines = sorted({r.get("machine", "") for r in recs.values()})
+    return _table(["cell", "command", "git SHA", "wall min"], rows) + "\n\nMachine(s): " + "; ".join(machines)
+
+
+def write_report(recs: dict[str, dict], out: Path, title: str, command: str) -> Path:
+    out = Path(out)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    comp_md, comp_vals = comparison_table(recs)
+    a_md, ov_a = table2(recs, "A")
+    b_md, ov_b = table2(recs, "B")
+    parts = [f"# {title}", f"Regenerate with: `{command}`", "## Comparison table", comp_md,
+             "## Table 2, setting A: T2I + Edit", a_md]
+    if ov_b or any(f"teacher/{t}" in recs for t in TEACHERS["B"]):
+        parts += ["## Table 2, setting B: Local + Global Edit", b_md]
+    abl = ablation_tables(recs, figdir)
+    if abl:
+        parts += ["## Ablations (setting A)", abl]
+    cur = curves_figure(recs, figdir)
+    if cur:
+        parts += ["## Training curves", cur]
+    grids = sample_grids(recs, figdir)
+    if grids:
+        parts += ["## Samples (same prompts, instructions and seeds for every model)", grids]
+    parts += ["## Reading: where the world agrees with the paper and where it does not",
+              reading(recs, ov_a, ov_b, comp_vals),
+              "## Provenance", provenance(recs)]
+    md = "\n\n".join(parts) + "\n"
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "report.html").write_text(md_to_html(md, out, title), encoding="utf-8")
+    return out / "report.md"
+
+
+def md_to_html(md: str, root: Path, title: str) -> str:
+    """Just enough Markdown for our report (headings, tables, images, lists, paragraphs); images embedded."""
+
+    def inline(s):
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("#"):
+            lvl = len(ln) - len(ln.lstrip("#"))
+            out.append(f"<h{lvl}>{inline(ln[lvl:].strip())}</h{lvl}>")
+        elif ln.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>")
+            for r in rows[2:]:
+                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>")
+            out.append("</table>")
+            continue
+        elif (m := re.match(r"!\[(.*?)\]\((.*?)\)", ln)):
+            data = base64.b64encode((root / m.group(2)).read_bytes()).decode()
+            out.append(f'<p><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif ln.startswith("- ") or ln.startswith("  "):
+            out.append(f"<li>{inline(ln.strip().lstrip('- '))}</li>")
+        elif ln.strip():
+            out.append(f"<p>{inline(ln)}</p>")
+        i += 1
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
+           "font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}img{image-rendering:pixelated;max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{css}</style></head><body>{''.join(out)}</body></html>")
