@@ -60,7 +60,7 @@ class Cond:
 
 def images_to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:

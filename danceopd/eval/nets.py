@@ -64,7 +64,7 @@ def cell_crops(f: torch.Tensor, grid: int, size: int) -> torch.Tensor:
 
 
 class JudgeNet(nn.Module):
-    """Backbone -> slot head: a small CNN over a window of the first stage's features centered on each grid cell
+    """Backbone -> slot head: a small CNN over a window of the pixels and the first stage's features centered on each grid cell
     (shared by all cells, told which cell it reads and given the pooled last stage, which carries the style);
     background and style heads read the pooled last stage plus the max over cells of the slot features (outline
     strokes are local); the naturalness head reads the pooled last stage."""
@@ -80,7 +80,7 @@ class JudgeNet(nn.Module):
         s1, s2 = slot_widths
         self.grid, self.crop = grid, crop
         self.backbone = Backbone(widths)
-        self.slot_cnn = nn.Sequential(_conv(w0, s1, 2), _conv(s1, s2), _conv(s2, s2, 2))
+        self.slot_cnn = nn.Sequential(_conv(w0 + 3, s1, 2), _conv(s1, s2), _conv(s2, s2, 2))
         n_flat = s2 * ((crop + 3) // 4) ** 2
         self.slot_in = nn.Linear(n_flat + w2, hidden)
         self.slot_pos = nn.Parameter(torch.zeros(grid * grid, hidden))
@@ -100,7 +100,7 @@ class JudgeNet(nn.Module):
         f1, f3 = feats[0], feats[-1]
         b = x.shape[0]
         g = f3.mean(dim=(2, 3))                                                  # [B, w2]
-        crops = cell_crops(f1, self.grid, self.crop)                             # [B, 9, w0, S, S]
+        crops = cell_crops(torch.cat([x, f1], 1), self.grid, self.crop)           # [B, 9, 3 + w0, S, S]
         c = self.slot_cnn(crops.flatten(0, 1)).flatten(1).view(b, self.grid * self.grid, -1)
         slot_in = torch.cat([c, g[:, None].expand(b, c.shape[1], g.shape[1])], dim=-1)
         hs = self.slot_in(slot_in) + self.slot_pos                              # [B, 9, hidden]

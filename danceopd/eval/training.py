@@ -34,17 +34,18 @@ CORRUPTIONS = ("noise", "blur", "ghost", "pixelate", "speckle")
 
 
 def judge_scenes(rng: np.random.Generator, cfg: WorldConfig, n: int) -> list[Scene]:
-    """60 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
-    0-3); 40 %: random scenes of 0-6 objects with a style half of the time (covers crowded and styled scenes)."""
+    """50 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
+    0-3); 50 %: random scenes of 0-8 objects with a style half of the time (crowded and styled scenes; more
+    objects per image is more slot signal per render)."""
     out: list[Scene] = []
     while len(out) < n:
-        if rng.random() < 0.6:
+        if rng.random() < 0.5:
             ex = sample_example(rng, cfg, "t2i" if rng.random() < 0.4 else "edit")
             out.append(ex.target)
             if ex.source is not None:
                 out.append(ex.source)
         else:
-            k = int(rng.integers(0, 7))
+            k = int(rng.integers(0, cfg.n_slots))
             style = cfg.styles[int(rng.integers(len(cfg.styles)))] if rng.random() < 0.5 else None
             out.append(sample_scene(rng, cfg, n_objects=k, style=style))
     return out[:n]
@@ -107,11 +108,12 @@ def garbage(rng: np.random.Generator, h: int) -> torch.Tensor:
     return gaussian_blur(x, float(rng.uniform(0, 1.5)))
 
 
-def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, n: int, p_clean: float = 0.4):
+def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, n: int, p_clean: float = 0.5):
     """(x [B, 3, 32, 32], bg [B], style [B], slots [B, 9], quality target [B], read-mask [B]).
 
-    40 % clean (q = 1), 20 % mildly corrupted (one corruption, s <= 0.3), 30 % corrupted (one or two corruptions,
-    s in [0.1, 1]), 10 % garbage (q = 0). Quality target q = prod(1 - s). Layout losses apply where q >= 0.7.
+    ``p_clean`` clean (q = 1); the rest splits 15 : 25 : 10 into barely corrupted (one corruption, s <= 0.1),
+    corrupted (one or two corruptions, s in [0.1, 1]) and garbage (q = 0). Quality target q = prod(1 - s).
+    Layout losses apply where q >= 0.9 (layout labels of strongly corrupted tiny shapes are ambiguous).
     """
     scenes = judge_scenes(rng, cfg, n)
     x = render_judge_input(scenes, cfg, rng)
@@ -122,15 +124,15 @@ def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, 
         u = rng.random()
         if u < p_clean:
             continue
-        u = 0.4 + (u - p_clean) / (1 - p_clean) * 0.6  # the rest splits 20 : 30 : 10 as documented
+        u = (u - p_clean) / (1 - p_clean)
         xi = x[i: i + 1]
         j = (i + 1 + int(rng.integers(n - 1))) % n
         other = x0[j: j + 1]
-        if u < 0.6:
-            s = float(rng.uniform(0, 0.3))
+        if u < 0.3:
+            s = float(rng.uniform(0, 0.1))
             xi = corrupt(xi, CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))], s, rng, other)
             q[i] = 1 - s
-        elif u < 0.9:
+        elif u < 0.8:
             fams = rng.choice(len(CORRUPTIONS), size=int(rng.integers(1, 3)), replace=False)
             for f in fams:
                 s = float(rng.uniform(0.1, 1.0))
@@ -143,7 +145,7 @@ def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, 
     bg = torch.tensor([lab[0] for lab in labels])
     st = torch.tensor([lab[1] for lab in labels])
     slots = torch.tensor([lab[2] for lab in labels])
-    return x, bg, st, slots, torch.from_numpy(q), torch.from_numpy(q >= 0.7)
+    return x, bg, st, slots, torch.from_numpy(q), torch.from_numpy(q >= 0.9)
 
 
 # ------------------------------------------------------------------------------------------------ judge

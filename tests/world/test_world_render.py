@@ -4,8 +4,21 @@ import numpy as np
 import pytest
 
 from danceopd.world import (
-    BUCKETS, DEFAULT_WORLD, EDIT_CATEGORIES, T2I_CATEGORIES, Scene, WorldConfig, WorldStream, apply_style,
-    check_constraints, coverage, edit_region_mask, make_edit, make_t2i, render, sample_example,
+    BUCKETS,
+    DEFAULT_WORLD,
+    EDIT_CATEGORIES,
+    T2I_CATEGORIES,
+    Scene,
+    WorldConfig,
+    WorldStream,
+    apply_style,
+    check_constraints,
+    coverage,
+    edit_region_mask,
+    make_edit,
+    make_t2i,
+    render,
+    sample_example,
 )
 from danceopd.world.sampler import Example
 
