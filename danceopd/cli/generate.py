@@ -43,9 +43,14 @@ def _contact_sheet(rows: list[tuple[np.ndarray | None, np.ndarray, str]], path: 
     _save_png(np.asarray(sheet), path)
 
 
-def _load(model: str, resolution: int | None):
+def _load(model: str, resolution: int | None, pipeline: str | None = None, lora: str | None = None):
+    from ..backends.diffusers_common import is_diffusers_run, load_for_generation
     from ..backends.registry import load_backend
 
+    if pipeline is not None or lora is not None or is_diffusers_run(model):   # a diffusers model (docs/backends.md)
+        if lora is not None and pipeline is None:
+            raise UserError("--lora needs --pipeline (the base diffusers pipeline folder)")
+        return load_for_generation(None if pipeline else model, pipeline, lora, resolution)
     return load_backend(model, resolution)
 
 
@@ -62,6 +67,18 @@ def _overrides(steps, text_scale, image_scale):
     return kw
 
 
+def _fit(src: np.ndarray, be) -> np.ndarray:
+    """Diffusers models take any source image: center-crop and resize it to the model's resolution."""
+    if not hasattr(be, "shared") or src.shape[:2] == (be.resolution, be.resolution):
+        return src
+    from PIL import Image
+
+    h, w = src.shape[:2]
+    s = min(h, w)
+    im = Image.fromarray(src[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s])
+    return np.asarray(im.resize((be.resolution, be.resolution), Image.LANCZOS))
+
+
 @app.command("sample")
 def sample_cmd(
     model: str = typer.Option("world:t2i", "--model", help="world:<name>, a model .safetensors or a run folder."),
@@ -71,6 +88,9 @@ def sample_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     steps: int = typer.Option(None, "--steps", help="Euler steps (default: the model's)."),
     text_scale: float = typer.Option(None, "--text-scale", help="Classifier-free guidance scale."),
+    pipeline: str = typer.Option(None, "--pipeline", help="A diffusers pipeline folder (SD3, Z-Image, Kontext)."),
+    lora: str = typer.Option(None, "--lora", help="With --pipeline: a LoRA folder/file (e.g. a distilled run)."),
+    resolution: int = typer.Option(None, "--resolution", help="Diffusers models: image side in pixels."),
 ):
     """Text-to-image: `danceopd sample --model world:t2i --prompt "a red circle" --out a.png`."""
     if (prompt is None) == (csv is None):
@@ -81,7 +101,7 @@ def sample_cmd(
 
         ds = load_csv(csv, buckets=["t2i"])
         rows = ds.bucket("t2i")
-        be = _load(model, ds.size[0])
+        be = _load(model, resolution or ds.size[0], pipeline, lora)
         imgs = be.sample([r.prompt for r in rows], seed=seed, **kw)
         for r, im in zip(rows, imgs):
             _save_png(im, out / f"{r.uid}.png")
@@ -90,7 +110,7 @@ def sample_cmd(
         return
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must end in .png, got {out}")
-    be = _load(model, None)
+    be = _load(model, resolution, pipeline, lora)
     _save_png(be.sample([prompt], seed=seed, **kw)[0], out)
     typer.echo(f"wrote {out}")
 
@@ -106,6 +126,9 @@ def edit_cmd(
     steps: int = typer.Option(None, "--steps", help="Euler steps (default: the model's)."),
     text_scale: float = typer.Option(None, "--text-scale", help="Text guidance scale."),
     image_scale: float = typer.Option(None, "--image-scale", help="Image guidance scale."),
+    pipeline: str = typer.Option(None, "--pipeline", help="A diffusers pipeline folder (SD3, Z-Image, Kontext)."),
+    lora: str = typer.Option(None, "--lora", help="With --pipeline: a LoRA folder/file (e.g. a distilled run)."),
+    resolution: int = typer.Option(None, "--resolution", help="Diffusers models: image side in pixels."),
 ):
     """Edit an image: `danceopd edit --model world:edit --image src.png --instruction "..." --out b.png`."""
     from PIL import Image
@@ -118,8 +141,8 @@ def edit_cmd(
 
         ds = load_csv(csv, buckets=["edit"])
         rows = ds.bucket("edit")
-        be = _load(model, ds.size[0])
-        srcs = np.stack([ds.load(r)[0] for r in rows])
+        be = _load(model, resolution or ds.size[0], pipeline, lora)
+        srcs = np.stack([_fit(ds.load(r)[0], be) for r in rows])
         imgs = be.sample([r.prompt for r in rows], srcs, seed=seed, **kw)
         for r, im in zip(rows, imgs):
             _save_png(im, out / f"{r.uid}.png")
@@ -141,7 +164,8 @@ def edit_cmd(
         raise
     except Exception as e:
         raise UserError(f"{image}: unreadable image ({type(e).__name__})") from None
-    be = _load(model, None)
+    be = _load(model, resolution, pipeline, lora)
+    src = _fit(src, be)
     if src.shape[:2] != (be.resolution, be.resolution):
         raise UserError(f"{image}: is {src.shape[1]}x{src.shape[0]}, the model expects "
                         f"{be.resolution}x{be.resolution}")

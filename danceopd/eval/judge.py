@@ -17,7 +17,17 @@ import torch
 from ..errors import UserError
 from ..world.vocab import DEFAULT_WORLD, WorldConfig
 from .imageops import check_images, judge_input, to_float
-from .nets import ASSET_DIR, JUDGE_FILE, JUDGE_VERSION, JudgeNet, judge_from_file
+from .nets import (
+    ASSET_DIR,
+    CRITIC_FILE,
+    JUDGE_FILE,
+    JUDGE_VERSION,
+    CriticNet,
+    JudgeNet,
+    critic_from_file,
+    judge_from_file,
+    normalize_input,
+)
 
 
 class LayoutCodec:
@@ -65,14 +75,17 @@ class Reading:
 
 
 class Judge:
-    def __init__(self, net: JudgeNet, meta: dict):
+    """The scene parser (``JudgeNet``) and the naturalness critic (``CriticNet``) behind one interface."""
+
+    def __init__(self, net: JudgeNet, meta: dict, critic: CriticNet, critic_meta: dict):
         self.net = net.eval().requires_grad_(False)
-        self.meta = meta
+        self.critic = critic.eval().requires_grad_(False)
+        self.meta, self.critic_meta = meta, critic_meta
         self.version = meta.get("version", "unversioned")
         v = meta["vocab"]
         self.codec = LayoutCodec(v["shapes"], v["colors"], v["backgrounds"], v["styles"], v["grid"])
-        # PQ = 10 * min(1, q / q_clean): q_clean is the median naturalness of clean renders at training time
-        self.q_clean = float(meta.get("q_clean", 1.0))
+        # PQ = 10 * min(1, q / q_clean): q_clean is the critic's median on clean renders at training time
+        self.q_clean = float(critic_meta.get("q_clean", 1.0))
 
     def check_world(self, cfg: WorldConfig) -> None:
         if LayoutCodec.for_world(cfg).vocab() != self.codec.vocab():
@@ -84,7 +97,9 @@ class Judge:
         images = check_images(images)
         for i in range(0, len(images), batch_size):
             x = judge_input(to_float(images[i: i + batch_size]))
-            yield self.net(x)
+            out = self.net(x)
+            out["quality"] = torch.sigmoid(self.critic(x))
+            yield out
 
     def run(self, images: np.ndarray, batch_size: int = 256) -> Reading:
         layouts, quality, feats = [], [], []
@@ -93,7 +108,7 @@ class Judge:
             bg = out["background"].argmax(-1).numpy()
             st = out["style"].argmax(-1).numpy()
             layouts += [self.codec.decode(b, s, sl) for b, s, sl in zip(bg, st, slots)]
-            quality.append(torch.sigmoid(out["quality"]).numpy())
+            quality.append(out["quality"].numpy())
             feats.append(out["feature"].numpy())
         if not layouts:
             return Reading([], np.zeros(0, np.float32), np.zeros((0, self.net.feature_dim), np.float32))
@@ -121,17 +136,11 @@ class Judge:
         for i in range(0, len(a), batch_size):
             xa = judge_input(to_float(a[i: i + batch_size]))
             xb = judge_input(to_float(b[i: i + batch_size]))
-            fa = self.net.backbone(_norm_in(xa))
-            fb = self.net.backbone(_norm_in(xb))
+            fa = self.net.backbone(normalize_input(xa))
+            fb = self.net.backbone(normalize_input(xb))
             d = sum(_stage_distance(u, v) for u, v in zip(fa, fb)) / len(fa)
             out.append(d.numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def _norm_in(x: torch.Tensor) -> torch.Tensor:
-    from .nets import normalize_input
-
-    return normalize_input(x)
 
 
 def _stage_distance(u: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -140,23 +149,21 @@ def _stage_distance(u: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torc
     return (u - v).pow(2).sum(1).mean(dim=(1, 2))
 
 
-def judge_path() -> Path:
-    return ASSET_DIR / JUDGE_FILE
-
-
 @functools.lru_cache(maxsize=4)
-def _load(path: str) -> Judge:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"judge weights missing at {p}; retrain with: python scripts/train_eval_nets.py --net judge")
-    net, meta = judge_from_file(p)
-    return Judge(net, meta)
+def _load(folder: str) -> Judge:
+    paths = [Path(folder) / JUDGE_FILE, Path(folder) / CRITIC_FILE]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"judge weights missing at {p}; retrain with: python scripts/train_eval_nets.py")
+    net, meta = judge_from_file(paths[0])
+    critic, cmeta = critic_from_file(paths[1])
+    return Judge(net, meta, critic, cmeta)
 
 
-def load_judge(path: Path | str | None = None) -> Judge:
-    """The shipped judge (cached per process)."""
-    j = _load(str(Path(path) if path is not None else judge_path()))
-    if path is None and j.version != JUDGE_VERSION:
+def load_judge(folder: Path | str | None = None) -> Judge:
+    """The judge and critic from ``folder`` (default: the shipped ``danceopd/assets/eval``); cached per process."""
+    j = _load(str(Path(folder) if folder is not None else ASSET_DIR))
+    if folder is None and j.version != JUDGE_VERSION:
         raise UserError(f"shipped judge is {j.version!r} but the code expects {JUDGE_VERSION!r}; retrain it")
     return j
 

@@ -2,9 +2,11 @@
 ``danceopd/assets/eval/``) and their weight files.
 
 * ``JudgeNet``: a CNN scene parser for 32x32 world images. One backbone (three conv stages, 32 -> 16 -> 8 px) and
-  heads for the background, the style (None or one of the styles), each grid slot (empty or shape x color; one
-  head shared by all slots, told which slot it reads) and a naturalness score (the PQ critic). The backbone's
-  pooled last stage is the FID feature; its three stages are the LPIPS-style features.
+  heads for the background, the style (None or one of the styles) and each grid slot (empty or shape x color; one
+  head shared by all slots, told which slot it reads). The backbone's pooled last stage is the FID feature; its
+  three stages are the LPIPS-style features.
+* ``CriticNet``: the naturalness critic behind PQ (a smaller backbone trained on clean renders vs corrupted
+  renders and non-renders).
 * ``WorldClip``: a small image-text contrastive model (conv image tower, 2-layer transformer text tower over
   ``WorldTokenizer`` ids) for the CLIP-score column.
 
@@ -24,6 +26,7 @@ JUDGE_VERSION = "judge-v1"
 CLIP_VERSION = "clip-v1"
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 JUDGE_FILE = "judge.safetensors"
+CRITIC_FILE = "critic.safetensors"
 CLIP_FILE = "clip.safetensors"
 
 
@@ -67,7 +70,7 @@ class JudgeNet(nn.Module):
     """Backbone -> slot head: a small CNN over a window of the pixels and the first stage's features centered on each grid cell
     (shared by all cells, told which cell it reads and given the pooled last stage, which carries the style);
     background and style heads read the pooled last stage plus the max over cells of the slot features (outline
-    strokes are local); the naturalness head reads the pooled last stage."""
+    strokes are local)."""
 
     def __init__(self, n_backgrounds: int, n_styles: int, n_slot_classes: int, grid: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 128, crop: int = 12,
@@ -88,7 +91,6 @@ class JudgeNet(nn.Module):
         self.global_head = nn.Sequential(nn.Linear(w2 + hidden, hidden), nn.ReLU())
         self.bg_out = nn.Linear(hidden, n_backgrounds)
         self.style_out = nn.Linear(hidden, n_styles)
-        self.quality_out = nn.Sequential(nn.Linear(w2, 64), nn.ReLU(), nn.Linear(64, 1))
 
     @property
     def feature_dim(self) -> int:
@@ -106,8 +108,23 @@ class JudgeNet(nn.Module):
         hs = self.slot_in(slot_in) + self.slot_pos                              # [B, 9, hidden]
         slots = self.slot_out(hs)
         h = self.global_head(torch.cat([g, hs.amax(dim=1)], dim=1))  # style cues (outlines) are local
-        return {"slots": slots, "background": self.bg_out(h), "style": self.style_out(h),
-                "quality": self.quality_out(g).squeeze(-1), "feature": g, "stages": feats}
+        return {"slots": slots, "background": self.bg_out(h), "style": self.style_out(h), "feature": g,
+                "stages": feats}
+
+
+class CriticNet(nn.Module):
+    """Naturalness critic (PQ): backbone -> pooled last stage (mean and max) -> MLP -> one logit; sigmoid = the
+    predicted quality q in [0, 1] (1 = a clean render)."""
+
+    def __init__(self, widths: tuple[int, int, int] = (12, 24, 48), hidden: int = 64):
+        super().__init__()
+        self.config = {"widths": list(widths), "hidden": hidden}
+        self.backbone = Backbone(widths)
+        self.head = nn.Sequential(nn.Linear(2 * widths[2], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f3 = self.backbone(normalize_input(x))[-1]
+        return self.head(torch.cat([f3.mean(dim=(2, 3)), f3.amax(dim=(2, 3))], dim=1)).squeeze(-1)
 
 
 class ClipImageTower(nn.Module):
@@ -205,6 +222,12 @@ def judge_from_file(path: Path) -> tuple[JudgeNet, dict]:
     net = JudgeNet(c["n_backgrounds"], c["n_styles"], c["n_slot_classes"], c["grid"], tuple(c["widths"]), c["hidden"],
                    c["crop"], tuple(c["slot_widths"]))
     return load_into(net, tensors), meta
+
+
+def critic_from_file(path: Path) -> tuple[CriticNet, dict]:
+    tensors, meta = read_net_file(path)
+    c = meta["config"]
+    return load_into(CriticNet(tuple(c["widths"]), c["hidden"]), tensors), meta
 
 
 def clip_from_file(path: Path) -> tuple[WorldClip, dict]:

@@ -23,7 +23,7 @@ from ..world.text import WorldTokenizer
 from ..world.vocab import WorldConfig
 from .imageops import gaussian_blur, judge_input, to_float
 from .judge import LayoutCodec
-from .nets import CLIP_VERSION, JUDGE_VERSION, JudgeNet, WorldClip
+from .nets import CLIP_VERSION, JUDGE_VERSION, CriticNet, JudgeNet, WorldClip
 
 TRAIN_STREAM = 0x7EA1   # training draws
 CALIB_STREAM = 0x7EA2   # q_clean calibration after training
@@ -108,31 +108,48 @@ def garbage(rng: np.random.Generator, h: int) -> torch.Tensor:
     return gaussian_blur(x, float(rng.uniform(0, 1.5)))
 
 
-def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, n: int, p_clean: float = 0.5):
-    """(x [B, 3, 32, 32], bg [B], style [B], slots [B, 9], quality target [B], read-mask [B]).
+def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, n: int, p_clean: float = 0.7):
+    """(x [B, 3, 32, 32], bg [B], style [B], slots [B, 9]): clean renders, and with probability 1 - ``p_clean``
+    barely visible noise or blur (s <= 0.05: noise std <= 0.015, blur sigma <= 0.1 px), so that the judge
+    tolerates small generator imperfections without learning from ambiguous pictures."""
+    scenes = judge_scenes(rng, cfg, n)
+    x = render_judge_input(scenes, cfg, rng)
+    x0 = x.clone()
+    for i in range(n):
+        if rng.random() < p_clean:
+            continue
+        j = (i + 1 + int(rng.integers(n - 1))) % n
+        fam = "noise" if rng.random() < 0.5 else "blur"
+        x[i: i + 1] = quantize(corrupt(x[i: i + 1], fam, float(rng.uniform(0, 0.05)), rng, x0[j: j + 1]))
+    labels = [codec.encode(sc.layout()) for sc in scenes]
+    bg = torch.tensor([lab[0] for lab in labels])
+    st = torch.tensor([lab[1] for lab in labels])
+    slots = torch.tensor([lab[2] for lab in labels])
+    return x, bg, st, slots
 
-    ``p_clean`` clean (q = 1); the rest splits 15 : 25 : 10 into barely corrupted (one corruption, s <= 0.1),
-    corrupted (one or two corruptions, s in [0.1, 1]) and garbage (q = 0). Quality target q = prod(1 - s).
-    Layout losses apply where q >= 0.9 (layout labels of strongly corrupted tiny shapes are ambiguous).
+
+def critic_batch(rng: np.random.Generator, cfg: WorldConfig, n: int):
+    """(x [B, 3, 32, 32], quality target q [B]).
+
+    40 % clean (q = 1), 20 % mildly corrupted (one corruption, s <= 0.3), 30 % corrupted (one or two corruptions,
+    s in [0.1, 1]), 10 % garbage (q = 0). Quality target q = prod(1 - s) over the corruptions applied.
     """
     scenes = judge_scenes(rng, cfg, n)
     x = render_judge_input(scenes, cfg, rng)
-    labels = [codec.encode(sc.layout()) for sc in scenes]
     q = np.ones(n, np.float32)
     x0 = x.clone()
     for i in range(n):
         u = rng.random()
-        if u < p_clean:
+        if u < 0.4:
             continue
-        u = (u - p_clean) / (1 - p_clean)
         xi = x[i: i + 1]
         j = (i + 1 + int(rng.integers(n - 1))) % n
         other = x0[j: j + 1]
-        if u < 0.3:
-            s = float(rng.uniform(0, 0.1))
+        if u < 0.6:
+            s = float(rng.uniform(0, 0.3))
             xi = corrupt(xi, CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))], s, rng, other)
             q[i] = 1 - s
-        elif u < 0.8:
+        elif u < 0.9:
             fams = rng.choice(len(CORRUPTIONS), size=int(rng.integers(1, 3)), replace=False)
             for f in fams:
                 s = float(rng.uniform(0.1, 1.0))
@@ -142,55 +159,71 @@ def judge_batch(rng: np.random.Generator, cfg: WorldConfig, codec: LayoutCodec, 
             xi = garbage(rng, x.shape[-1])
             q[i] = 0.0
         x[i: i + 1] = quantize(xi)
-    bg = torch.tensor([lab[0] for lab in labels])
-    st = torch.tensor([lab[1] for lab in labels])
-    slots = torch.tensor([lab[2] for lab in labels])
-    return x, bg, st, slots, torch.from_numpy(q), torch.from_numpy(q >= 0.9)
+    return x, torch.from_numpy(q)
 
 
 # ------------------------------------------------------------------------------------------------ judge
 
 
-def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1500, batch: int = 128, lr: float = 3e-3,
-                widths=(16, 32, 64), p_clean: float = 0.5,
+def _optim(net: torch.nn.Module, lr: float, steps: int):
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+
+
+def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1300, batch: int = 128, lr: float = 3e-3,
                 log: Callable[[str], None] = print) -> tuple[JudgeNet, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng((TRAIN_STREAM, seed))
     codec = LayoutCodec.for_world(cfg)
-    net = JudgeNet(len(codec.backgrounds), len(codec.style_classes), len(codec.slot_classes), cfg.grid, widths)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    net = JudgeNet(len(codec.backgrounds), len(codec.style_classes), len(codec.slot_classes), cfg.grid)
+    opt, sched = _optim(net, lr, steps)
     t0 = time.time()
     net.train()
     for step in range(steps):
-        x, bg, st, slots, q, m = judge_batch(rng, cfg, codec, batch, p_clean)
+        x, bg, st, slots = judge_batch(rng, cfg, codec, batch)
         out = net(x)
-        mf = m.float()
-        denom = mf.sum().clamp_min(1.0)
-        l_slots = (F.cross_entropy(out["slots"].flatten(0, 1), slots.flatten(), reduction="none")
-                   .view(batch, -1).mean(1) * mf).sum() / denom
-        l_bg = (F.cross_entropy(out["background"], bg, reduction="none") * mf).sum() / denom
-        l_st = (F.cross_entropy(out["style"], st, reduction="none") * mf).sum() / denom
-        l_q = F.binary_cross_entropy_with_logits(out["quality"], q)
-        loss = l_slots + l_bg + l_st + l_q
+        l_slots = F.cross_entropy(out["slots"].flatten(0, 1), slots.flatten())
+        l_bg = F.cross_entropy(out["background"], bg)
+        l_st = F.cross_entropy(out["style"], st)
+        loss = l_slots + l_bg + l_st
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            with torch.no_grad():
-                acc = ((out["slots"].argmax(-1) == slots).float().mean(1) * mf).sum() / denom
+            acc = (out["slots"].argmax(-1) == slots).float().mean()
             log(f"judge step {step:5d}/{steps} loss {loss.item():.4f} (slots {l_slots.item():.4f} bg "
-                f"{l_bg.item():.4f} style {l_st.item():.4f} q {l_q.item():.4f}) slot-acc {acc.item():.4f} "
-                f"{time.time() - t0:.0f}s")
+                f"{l_bg.item():.4f} style {l_st.item():.4f}) slot-acc {acc.item():.4f} {time.time() - t0:.0f}s")
     net.eval()
-    # q_clean: median naturalness of clean renders, so that PQ of a clean render is 10
+    meta = {"version": JUDGE_VERSION, "config": net.config, "vocab": codec.vocab(), "seed": seed, "steps": steps,
+            "batch": batch}
+    return net, meta
+
+
+def train_critic(cfg: WorldConfig, seed: int = 0, steps: int = 800, batch: int = 128, lr: float = 3e-3,
+                 log: Callable[[str], None] = print) -> tuple[CriticNet, dict]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng((TRAIN_STREAM + 2, seed))
+    net = CriticNet()
+    opt, sched = _optim(net, lr, steps)
+    t0 = time.time()
+    net.train()
+    for step in range(steps):
+        x, q = critic_batch(rng, cfg, batch)
+        loss = F.binary_cross_entropy_with_logits(net(x), q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"critic step {step:5d}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+    net.eval()
+    # q_clean: median critic output on clean renders, so that PQ of a clean render is 10
     crng = np.random.default_rng((CALIB_STREAM, seed))
     with torch.no_grad():
-        xc = render_judge_input(judge_scenes(crng, cfg, 512), cfg, crng)
-        qc = torch.sigmoid(net(xc)["quality"])
-    meta = {"version": JUDGE_VERSION, "config": net.config, "vocab": codec.vocab(), "seed": seed, "steps": steps,
-            "batch": batch, "q_clean": round(float(qc.median()), 6)}
+        qc = torch.sigmoid(net(render_judge_input(judge_scenes(crng, cfg, 512), cfg, crng)))
+    meta = {"version": JUDGE_VERSION, "config": net.config, "seed": seed, "steps": steps, "batch": batch,
+            "q_clean": round(float(qc.median()), 6)}
     return net, meta
 
 
@@ -223,14 +256,13 @@ def clip_loss(net: WorldClip, x: torch.Tensor, ids: torch.Tensor, match: torch.T
     return (li + lt) / 2
 
 
-def train_clip(cfg: WorldConfig, seed: int = 0, steps: int = 1500, batch: int = 128, lr: float = 2e-3,
+def train_clip(cfg: WorldConfig, seed: int = 0, steps: int = 1200, batch: int = 128, lr: float = 2e-3,
                log: Callable[[str], None] = print) -> tuple[WorldClip, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng((TRAIN_STREAM + 1, seed))
     tok = WorldTokenizer()
     net = WorldClip(tok.vocab_size, tok.max_len)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt, sched = _optim(net, lr, steps)
     t0 = time.time()
     net.train()
     for step in range(steps):

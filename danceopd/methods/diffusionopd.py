@@ -18,7 +18,7 @@ class DiffusionOPD(Method):
         B = len(batch.prompts)
         src = student_sources(ctx, batch)
         n = cfg.rollout_steps
-        ts = s.timesteps(n, cfg.rollout_shift)
+        ts = s.timesteps(n, cfg.rollout_shift).to(ctx.device)
         noise = torch.randn(s.latent_shape(B), device=ctx.device)
         states, _ = full_rollout(s.guided_field(batch.prompts, src, text_scale=cfg.rollout_text_scale), noise, ts)
         x = states[:n].flatten(0, 1)                      # [n*B, ...] (step-major)

@@ -32,7 +32,7 @@ class FlowOPD(Method):
         if src is not None:
             src = src[: B // G].repeat_interleave(G, dim=0)
         n = cfg.rollout_steps
-        ts = s.timesteps(n, cfg.rollout_shift)
+        ts = s.timesteps(n, cfg.rollout_shift).to(ctx.device)
         noise = torch.randn(s.latent_shape(B), device=ctx.device)
         policy = s.guided_field(prompts, src, text_scale=cfg.rollout_text_scale)
         states, logp_old, means_old, stds = sde_rollout(policy, noise, ts, cfg.eta)

@@ -19,7 +19,7 @@ class JointSFT(Method):
         B = len(batch.prompts)
         x_0 = ctx.student.encode_images(batch.x_0)
         noise = torch.randn_like(x_0)
-        t = sample_t(B)
+        t = sample_t(B).to(x_0.device)   # drawn on the CPU generator, used where x_0 lives
         drop = torch.rand(B) < ctx.cfg.text_dropout
         cond = ctx.student.encode(batch.prompts, student_sources(ctx, batch), drop_text=drop)
         v = ctx.student.velocity(interpolate(x_0, noise, t), t, cond)

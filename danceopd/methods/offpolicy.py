@@ -18,7 +18,7 @@ class OffPolicy(Method):
         cfg, s = ctx.cfg, ctx.student
         B = len(batch.prompts)
         src = student_sources(ctx, batch)
-        ts = s.timesteps(cfg.rollout_steps, cfg.rollout_shift)
+        ts = s.timesteps(cfg.rollout_steps, cfg.rollout_shift).to(ctx.device)
         q = sample_query_indices(B, cfg.rollout_steps, k=cfg.k, bias=cfg.bias)
         prompts_k, src_k = repeat_k(batch.prompts, src, cfg.k)
         teacher = ctx.teachers[route.teacher]
@@ -27,7 +27,7 @@ class OffPolicy(Method):
             r = rollout_to_queries(teacher.field(batch.prompts, src), noise, ts, q)
             x, t = r.x_q.flatten(0, 1), r.t_q.flatten()
         else:
-            t = ts[q].flatten()
+            t = ts[q.to(ctx.device)].flatten()
             x_0 = ctx.student.encode_images(batch.x_0).repeat_interleave(cfg.k, dim=0)
             x = interpolate(x_0, torch.randn_like(x_0), t)
         with torch.no_grad():

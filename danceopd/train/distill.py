@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backends.diffusers_common import DiffusersOptions
 from ..backends.world import SamplingConfig
 from ..core import QUERY_BIASES, Route, RouteSampler
+from ..errors import UserError
 from ..methods import METHODS, MethodConfig, StepContext, TeacherField
 from ..world.sampler import BUCKETS
 from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint, write_json_atomic
@@ -163,6 +166,7 @@ class DistillConfig:
     merge: MergeConfig = field(default_factory=MergeConfig)
     train: DistillTrain = field(default_factory=DistillTrain)
     sampling: SamplingConfig | None = None    # the exported student's sampler (default: method-dependent)
+    diffusers: DiffusersOptions = field(default_factory=DiffusersOptions)   # sd3 / zimage / flux_kontext only
 
     def validate(self):
         if self.method not in METHODS:
@@ -189,7 +193,7 @@ def method_config(cfg: DistillConfig) -> MethodConfig:
 
 def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite: bool = False,
                   progress: bool = True, stop_after: int | None = None) -> Path:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm import tqdm
 
@@ -197,26 +201,46 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     from ..backends.registry import get_family
 
     family = get_family(cfg.backend)
+    if hasattr(family, "with_options"):       # diffusers families: resolution, dtypes, placement, ...
+        family = family.with_options(cfg.diffusers)
+    own_lora = getattr(family, "handles_lora", False)   # the family adds the student's LoRA itself
     for r in cfg.routes:
         family.check(r.teacher)
-    if cfg.student.init != "merged":
+    if cfg.student.init != "merged" and cfg.method != "weight_merge":
         family.check(cfg.student.init)
     for r in cfg.routes:
         if r.csv:
             make_data(r.bucket, r.csv, 0, None)  # validates the CSV before any model loads
-    resuming = prepare_run_dir(out, resume, overwrite, dataclasses.asdict(cfg))
+    # Only the main process touches the run folder (with several processes, every rank doing it raced: one rank
+    # created the folder, the next one found it "not empty" and refused); the others get its verdict.
+    from accelerate import PartialState
+
+    dist = PartialState(cpu=not torch.cuda.is_available())
+    verdict: list = [None, None]   # [resuming, error message]
+    if dist.is_main_process:
+        try:
+            verdict[0] = prepare_run_dir(out, resume, overwrite, dataclasses.asdict(cfg))
+        except UserError as e:
+            verdict[1] = str(e)
+    resuming, error = broadcast_object_list(verdict, from_process=0)
+    if error is not None:
+        raise UserError(error)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    # split_batches=True: no dataloader is prepared here, its only effect is that the prepared LR scheduler steps
+    # once per optimizer step (otherwise Accelerate steps it num_processes times: warm-up N times too fast)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
-                              project_dir=str(out), cpu=not torch.cuda.is_available())
-    set_seed(cfg.seed)
+                              project_dir=str(out), cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    set_seed(cfg.seed, device_specific=True)  # rank r seeds cfg.seed + r: ranks draw different noise / queries
     method = METHODS[cfg.method]()
     teacher_be = {r.name: family.load_teacher(r.teacher, accelerator.device) for r in cfg.routes}
     needs_edit = any(r.bucket != "t2i" for r in cfg.routes)
     init = "merged" if cfg.method == "weight_merge" else cfg.student.init
+    lora_kw = {"lora": cfg.student.lora if method.trains else None} if own_lora else {}
     student = family.build_student(init, [teacher_be[r.name] for r in cfg.routes], needs_edit,
-                                   cfg.merge.coefficients or None, cfg.student.freeze_text)
+                                   cfg.merge.coefficients or None, cfg.student.freeze_text, **lora_kw)
     resolution = next(iter(teacher_be.values())).resolution
     sampling = cfg.sampling or SamplingConfig(steps=16, text_scale=method.student_text_scale)
     student.sampling = sampling
@@ -232,7 +256,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         return out
 
     net = student.model
-    if cfg.student.lora.enabled:
+    if cfg.student.lora.enabled and not own_lora:
         net = add_lora(net, cfg.student.lora)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -270,10 +294,14 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     t_start = time.time() - wall
     step_times: list[float] = []
     skipped = done_here = 0
+    debug_ranks = os.environ.get("DANCEOPD_DEBUG_RANKS") == "1"   # tests: per-rank route trace + weight checksum
+    rank_trace: list[dict] = []
     while step < cfg.train.steps:
         t0 = time.perf_counter()
         picked = [sampler.sample() if accelerator.is_main_process else None]
         picked = broadcast_object_list(picked, from_process=0)[0]   # every rank trains the same route
+        if debug_ranks:
+            rank_trace.append({"step": step + 1, "route": "+".join(routes[i].name for i in picked)})
         model.train()
         bad, infos, losses = None, {}, []
         for _micro in range(cfg.train.grad_accum):
@@ -307,6 +335,8 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
             skipped += 1
         step += 1
         done_here += 1
+        if debug_ranks:
+            rank_trace[-1]["loss"] = float(total.detach())
         if ema is not None:
             ema.update(named, step)
         step_times.append(time.perf_counter() - t0)
@@ -332,7 +362,8 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()
-    accelerator.end_training()
+    if debug_ranks:
+        _dump_rank_debug(out, accelerator, model, rank_trace)
     if step >= cfg.train.steps and accelerator.is_main_process:
         if ema is not None:
             ema.swap(named)
@@ -347,7 +378,23 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         write_json_atomic(out / "final.json", {"steps": cfg.train.steps, "sec_per_step": sec,
                                                "wall_time_s": round(time.time() - t_start, 1)})
     accelerator.wait_for_everyone()
+    accelerator.end_training()   # last: it also destroys the process group (the barrier above needs it)
     return out
+
+
+@torch.no_grad()
+def _dump_rank_debug(out: Path, accelerator, model, trace: list[dict]) -> None:
+    """``DANCEOPD_DEBUG_RANKS=1``: write ``debug_rank<i>.json`` (routes and loss per step, sha256 of the live
+    weights) so tests can check that all ranks trained the same routes and ended with identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(accelerator.unwrap_model(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    write_json_atomic(out / f"debug_rank{accelerator.process_index}.json",
+                      {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes,
+                       "initial_seed": torch.initial_seed(), "steps": trace, "weights_sha256": h.hexdigest()})
 
 
 @torch.no_grad()

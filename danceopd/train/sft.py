@@ -185,15 +185,32 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
     data_seed = cfg.seed * 1000 + 17
     if cfg.data.csv:
         make_data(cfg.data.bucket, cfg.data.csv, 0, cfg.data.resolution)  # validates the whole CSV
-    resuming = prepare_run_dir(out, resume, overwrite, cfg_dict)
+    # only the main process prepares the run folder; the other ranks get its verdict (see train/distill.py)
+    from accelerate import DataLoaderConfiguration, PartialState
+    from accelerate.utils import broadcast_object_list
+
+    dist = PartialState(cpu=not torch.cuda.is_available())
+    verdict: list = [None, None]
+    if dist.is_main_process:
+        try:
+            verdict[0] = prepare_run_dir(out, resume, overwrite, cfg_dict)
+        except UserError as e:
+            verdict[1] = str(e)
+    resuming, error = broadcast_object_list(verdict, from_process=0)
+    if error is not None:
+        raise UserError(error)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
+    # split_batches: no dataloader is prepared; it makes the prepared LR scheduler step once per optimizer step
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
-                              project_dir=str(out), cpu=not torch.cuda.is_available())
-    set_seed(cfg.seed)
+                              project_dir=str(out), cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    set_seed(cfg.seed)  # identical initial weights on every rank
     net, tok = build_model(cfg)
+    if accelerator.num_processes > 1:
+        set_seed(cfg.seed, device_specific=True)  # then rank r draws its own noise and t
     if cfg.train.freeze_text:
         for p in net.text.parameters():
             p.requires_grad_(False)
@@ -284,10 +301,10 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()
-    accelerator.end_training()
     if step >= cfg.train.steps and accelerator.is_main_process:
         export_model(accelerator.unwrap_model(model), tok, ema, named, out, cfg, time.time() - t_start)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it tears down the process group
     return out
 
 

@@ -1,0 +1,1 @@
+"""Converters from public dataset formats into the danceopd dataset CSV."""
