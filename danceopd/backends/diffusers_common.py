@@ -548,6 +548,12 @@ class DiffusersFamily:
         self._device = torch.device("cpu")
 
     def with_options(self, opts: DiffusersOptions):
+        import os
+
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+            raise UserError(f"backend {self.name!r} does not support FSDP yet: the student is exported from the main "
+                            "process, which needs unsharded weights; use configs/accelerate/ddp.yaml or "
+                            "deepspeed_zero2.yaml (with diffusers.teacher_device: cpu_offload to save memory)")
         return type(self)(opts)
 
     @property
@@ -574,7 +580,7 @@ class DiffusersFamily:
         if key not in self._shared:
             pipe = self.pipeline_cls.from_pretrained(str(base), transformer=None, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
-            for name, comp in pipe.components.items():
+            for comp in pipe.components.values():
                 if isinstance(comp, torch.nn.Module):
                     comp.to(device).eval().requires_grad_(False)
             self._shared[key] = Shared(pipe, device, self.dtype, self.opts.cache_size)

@@ -18,7 +18,10 @@ class Family:
     """How the engines use a family of models (``world``, and the diffusers adapters ``sd3``, ``zimage``,
     ``flux_kontext``): ``check(spec)`` (cheap, before any load), ``load_teacher(spec)`` (frozen backend),
     ``build_student(init, teachers, needs_edit, merge, freeze_text)`` (trainable backend; ``init`` may be
-    ``merged``), ``export(student, out, sampling, meta, lora)``. Families register themselves here."""
+    ``merged``), ``export(student, out, sampling, meta, lora)``. Families register themselves here. Optional:
+    ``with_options(cfg.diffusers)`` returns a configured family (diffusers backends), and ``handles_lora = True``
+    means ``build_student(..., lora=cfg.student.lora)`` adds the student's adapter itself (the engine then does not
+    wrap it again)."""
 
     name = ""
 

@@ -172,3 +172,57 @@ BUILDERS = {"sd3": build_sd3, "zimage": build_zimage, "flux_kontext": build_flux
 
 def build(family: str, out, **kw) -> Path:
     return BUILDERS[family](out, **kw)
+
+
+@torch.no_grad()
+def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.02):
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def random_lora(family: str, base: Path, out: Path, seed: int = 5, rank: int = 4) -> Path:
+    """A diffusers-format LoRA with non-zero random weights on a tiny transformer (a stand-in teacher delta)."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from .registry import get_family
+
+    fam = get_family(family)
+    tr = fam.transformer_cls().from_pretrained(str(Path(base) / "transformer"))
+    tr.add_adapter(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in tr.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    fam.pipeline_cls.save_lora_weights(str(out), transformer_lora_layers=get_peft_model_state_dict(tr),
+                                       transformer_lora_adapter_metadata=tr.peft_config["default"].to_dict())
+    return Path(out)
+
+
+def build_demo(family: str, root) -> dict[str, str]:
+    """``<root>/<family>`` (the base pipeline) plus an edit teacher: for SD3 a transformer with zero-initialized
+    source channels, then perturbed (``<root>/sd3_edit_transformer``); for Kontext / Z-Image a random LoRA
+    (``<root>/<family>_edit_lora``). Returns the model specs {"base", "t2i", "edit"}."""
+    from .registry import get_family
+
+    root = Path(root)
+    base = build(family, root / family)
+    if family == "sd3":
+        fam = get_family("sd3")
+        tr = fam.make_edit(fam.transformer_cls().from_pretrained(str(base / "transformer")))
+        _perturb(tr, 3)
+        tr.save_pretrained(str(root / "sd3_edit_transformer"))
+        edit = f"sd3:{base}+transformer:{root / 'sd3_edit_transformer'}"
+    else:
+        edit = f"{family}:{base}+lora:{random_lora(family, base, root / f'{family}_edit_lora')}"
+    return {"base": str(base), "t2i": f"{family}:{base}", "edit": edit}
+
+
+if __name__ == "__main__":   # python -m danceopd.backends.tiny <sd3|zimage|flux_kontext|all> [root]
+    import sys
+
+    fams = list(BUILDERS) if len(sys.argv) < 2 or sys.argv[1] == "all" else [sys.argv[1]]
+    for f in fams:
+        print(build_demo(f, sys.argv[2] if len(sys.argv) > 2 else "runs/tiny"))

@@ -67,10 +67,10 @@ def cell_crops(f: torch.Tensor, grid: int, size: int) -> torch.Tensor:
 
 
 class JudgeNet(nn.Module):
-    """Backbone -> slot head: a small CNN over a window of the pixels and the first stage's features centered on each grid cell
+    """Backbone -> slot head: a small CNN over a window of the first stage's features centered on each grid cell
     (shared by all cells, told which cell it reads and given the pooled last stage, which carries the style);
-    background and style heads read the pooled last stage plus the max over cells of the slot features (outline
-    strokes are local)."""
+    background and style heads read the mean and max of the last stage, the max of the middle stage and the max
+    over cells of the (detached) slot features."""
 
     def __init__(self, n_backgrounds: int, n_styles: int, n_slot_classes: int, grid: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 128, crop: int = 12,
@@ -83,12 +83,12 @@ class JudgeNet(nn.Module):
         s1, s2 = slot_widths
         self.grid, self.crop = grid, crop
         self.backbone = Backbone(widths)
-        self.slot_cnn = nn.Sequential(_conv(w0 + 3, s1, 2), _conv(s1, s2), _conv(s2, s2, 2))
+        self.slot_cnn = nn.Sequential(_conv(w0, s1, 2), _conv(s1, s2), _conv(s2, s2, 2))
         n_flat = s2 * ((crop + 3) // 4) ** 2
         self.slot_in = nn.Linear(n_flat + w2, hidden)
         self.slot_pos = nn.Parameter(torch.zeros(grid * grid, hidden))
         self.slot_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_slot_classes))
-        self.global_head = nn.Sequential(nn.Linear(w2 + hidden, hidden), nn.ReLU())
+        self.global_head = nn.Sequential(nn.Linear(widths[1] + 2 * w2 + hidden, hidden), nn.ReLU())
         self.bg_out = nn.Linear(hidden, n_backgrounds)
         self.style_out = nn.Linear(hidden, n_styles)
 
@@ -102,12 +102,15 @@ class JudgeNet(nn.Module):
         f1, f3 = feats[0], feats[-1]
         b = x.shape[0]
         g = f3.mean(dim=(2, 3))                                                  # [B, w2]
-        crops = cell_crops(torch.cat([x, f1], 1), self.grid, self.crop)           # [B, 9, 3 + w0, S, S]
+        crops = cell_crops(f1, self.grid, self.crop)                             # [B, 9, w0, S, S]
         c = self.slot_cnn(crops.flatten(0, 1)).flatten(1).view(b, self.grid * self.grid, -1)
         slot_in = torch.cat([c, g[:, None].expand(b, c.shape[1], g.shape[1])], dim=-1)
         hs = self.slot_in(slot_in) + self.slot_pos                              # [B, 9, hidden]
         slots = self.slot_out(hs)
-        h = self.global_head(torch.cat([g, hs.amax(dim=1)], dim=1))  # style cues (outlines) are local
+        # style cues such as outline strokes are local: the global heads also read max-pooled stages and the slot
+        # features (detached: reading them must not bend them away from what the slot head needs)
+        pooled = [g, feats[1].amax(dim=(2, 3)), f3.amax(dim=(2, 3)), hs.amax(dim=1).detach()]
+        h = self.global_head(torch.cat(pooled, dim=1))
         return {"slots": slots, "background": self.bg_out(h), "style": self.style_out(h), "feature": g,
                 "stages": feats}
 

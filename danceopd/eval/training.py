@@ -34,18 +34,17 @@ CORRUPTIONS = ("noise", "blur", "ghost", "pixelate", "speckle")
 
 
 def judge_scenes(rng: np.random.Generator, cfg: WorldConfig, n: int) -> list[Scene]:
-    """50 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
-    0-3); 50 %: random scenes of 0-8 objects with a style half of the time (crowded and styled scenes; more
-    objects per image is more slot signal per render)."""
+    """60 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
+    0-3); 40 %: random scenes of 0-6 objects with a style half of the time (crowded and styled scenes)."""
     out: list[Scene] = []
     while len(out) < n:
-        if rng.random() < 0.5:
+        if rng.random() < 0.6:
             ex = sample_example(rng, cfg, "t2i" if rng.random() < 0.4 else "edit")
             out.append(ex.target)
             if ex.source is not None:
                 out.append(ex.source)
         else:
-            k = int(rng.integers(0, cfg.n_slots))
+            k = int(rng.integers(0, min(7, cfg.n_slots)))
             style = cfg.styles[int(rng.integers(len(cfg.styles)))] if rng.random() < 0.5 else None
             out.append(sample_scene(rng, cfg, n_objects=k, style=style))
     return out[:n]

@@ -208,9 +208,16 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         family.check(r.teacher)
     if cfg.student.init != "merged" and cfg.method != "weight_merge":
         family.check(cfg.student.init)
+    data_res = getattr(getattr(family, "opts", None), "resolution", None)   # diffusers families: fixed size
     for r in cfg.routes:
         if r.csv:
-            make_data(r.bucket, r.csv, 0, None)  # validates the CSV before any model loads
+            make_data(r.bucket, r.csv, 0, data_res)  # validates the CSV before any model loads
+        elif data_res not in (None, 32, 64):
+            raise UserError(f"route {r.name!r}: no csv, and ShapesWorld renders only 32 or 64 px, not "
+                            f"diffusers.resolution={data_res}; give the route a dataset CSV of that size")
+    if cfg.train.sample_every and data_res not in (None, 32, 64):
+        raise UserError(f"train.sample_every draws ShapesWorld grids (32 or 64 px), not diffusers.resolution="
+                        f"{data_res}; set it to 0 and sample the exported run with danceopd sample")
     # Only the main process touches the run folder (with several processes, every rank doing it raced: one rank
     # created the folder, the next one found it "not empty" and refused); the others get its verdict.
     from accelerate import PartialState
