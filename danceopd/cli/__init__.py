@@ -24,7 +24,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register():
     from . import data as _data  # noqa: F401
-    from . import distill as _distill  # noqa: F401  (subcommands register themselves on import)
     from . import generate as _generate  # noqa: F401
     from . import reproduce as _reproduce  # noqa: F401
     from . import train as _train  # noqa: F401

@@ -69,8 +69,8 @@ def cell_crops(f: torch.Tensor, grid: int, size: int) -> torch.Tensor:
 class JudgeNet(nn.Module):
     """Backbone -> slot head: a small CNN over a window of the first stage's features centered on each grid cell
     (shared by all cells, told which cell it reads and given the pooled last stage, which carries the style);
-    background and style heads read the mean and max of the last stage, the max of the middle stage and the max
-    over cells of the (detached) slot features."""
+    background and style heads read the mean and max of the last stage, the max of the middle stage, the max
+    over cells of the (detached) slot features and the slots' (detached) outline evidence."""
 
     def __init__(self, n_backgrounds: int, n_styles: int, n_slot_classes: int, grid: int = 3,
                  widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 128, crop: int = 12,
@@ -87,8 +87,11 @@ class JudgeNet(nn.Module):
         n_flat = s2 * ((crop + 3) // 4) ** 2
         self.slot_in = nn.Linear(n_flat + w2, hidden)
         self.slot_pos = nn.Parameter(torch.zeros(grid * grid, hidden))
-        self.slot_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_slot_classes))
-        self.global_head = nn.Sequential(nn.Linear(widths[1] + 2 * w2 + hidden, hidden), nn.ReLU())
+        # one extra logit per slot: "this object is drawn as an outline" (an auxiliary training target that makes
+        # the slot features carry the one style cue that only exists at the objects)
+        self.slot_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, n_slot_classes + 1))
+        self.global_head = nn.Sequential(nn.Linear(widths[1] + 2 * w2 + hidden + 3, hidden), nn.ReLU())
         self.bg_out = nn.Linear(hidden, n_backgrounds)
         self.style_out = nn.Linear(hidden, n_styles)
 
@@ -106,13 +109,17 @@ class JudgeNet(nn.Module):
         c = self.slot_cnn(crops.flatten(0, 1)).flatten(1).view(b, self.grid * self.grid, -1)
         slot_in = torch.cat([c, g[:, None].expand(b, c.shape[1], g.shape[1])], dim=-1)
         hs = self.slot_in(slot_in) + self.slot_pos                              # [B, 9, hidden]
-        slots = self.slot_out(hs)
+        slot_logits = self.slot_out(hs)
+        slots, outlined = slot_logits[..., :-1], slot_logits[..., -1]
         # style cues such as outline strokes are local: the global heads also read max-pooled stages and the slot
         # features (detached: reading them must not bend them away from what the slot head needs)
-        pooled = [g, feats[1].amax(dim=(2, 3)), f3.amax(dim=(2, 3)), hs.amax(dim=1).detach()]
+        occ = 1 - slots.detach().softmax(-1)[..., 0]                             # P(slot occupied)
+        p_out = torch.sigmoid(outlined.detach()) * occ
+        evidence = torch.stack([p_out.sum(1) / occ.sum(1).clamp_min(1e-3), p_out.amax(1), occ.mean(1)], dim=1)
+        pooled = [g, feats[1].amax(dim=(2, 3)), f3.amax(dim=(2, 3)), hs.amax(dim=1).detach(), evidence]
         h = self.global_head(torch.cat(pooled, dim=1))
-        return {"slots": slots, "background": self.bg_out(h), "style": self.style_out(h), "feature": g,
-                "stages": feats}
+        return {"slots": slots, "outlined": outlined, "background": self.bg_out(h), "style": self.style_out(h),
+                "feature": g, "stages": feats}
 
 
 class CriticNet(nn.Module):

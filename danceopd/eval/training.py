@@ -35,7 +35,7 @@ CORRUPTIONS = ("noise", "blur", "ghost", "pixelate", "speckle")
 
 def judge_scenes(rng: np.random.Generator, cfg: WorldConfig, n: int) -> list[Scene]:
     """60 %: T2I targets and edit sources/targets via ``sample_example`` over all buckets (1-3 objects, edits
-    0-3); 40 %: random scenes of 0-6 objects with a style half of the time (crowded and styled scenes)."""
+    0-3); 40 %: random scenes of 0-6 objects, 80 % of them with a style (crowded and styled scenes)."""
     out: list[Scene] = []
     while len(out) < n:
         if rng.random() < 0.6:
@@ -45,7 +45,7 @@ def judge_scenes(rng: np.random.Generator, cfg: WorldConfig, n: int) -> list[Sce
                 out.append(ex.source)
         else:
             k = int(rng.integers(0, min(7, cfg.n_slots)))
-            style = cfg.styles[int(rng.integers(len(cfg.styles)))] if rng.random() < 0.5 else None
+            style = cfg.styles[int(rng.integers(len(cfg.styles)))] if rng.random() < 0.8 else None
             out.append(sample_scene(rng, cfg, n_objects=k, style=style))
     return out[:n]
 
@@ -169,12 +169,13 @@ def _optim(net: torch.nn.Module, lr: float, steps: int):
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
 
 
-def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1300, batch: int = 128, lr: float = 3e-3,
+def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1200, batch: int = 128, lr: float = 3e-3,
                 log: Callable[[str], None] = print) -> tuple[JudgeNet, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng((TRAIN_STREAM, seed))
     codec = LayoutCodec.for_world(cfg)
     net = JudgeNet(len(codec.backgrounds), len(codec.style_classes), len(codec.slot_classes), cfg.grid)
+    outline_class = codec.style_classes.index("outline") if "outline" in codec.style_classes else -1
     opt, sched = _optim(net, lr, steps)
     t0 = time.time()
     net.train()
@@ -184,7 +185,11 @@ def train_judge(cfg: WorldConfig, seed: int = 0, steps: int = 1300, batch: int =
         l_slots = F.cross_entropy(out["slots"].flatten(0, 1), slots.flatten())
         l_bg = F.cross_entropy(out["background"], bg)
         l_st = F.cross_entropy(out["style"], st)
-        loss = l_slots + l_bg + l_st
+        occ = (slots > 0).float()
+        is_outline = (st == outline_class).float()[:, None].expand_as(occ)
+        l_out = (F.binary_cross_entropy_with_logits(out["outlined"], is_outline, reduction="none") * occ).sum() / (
+            occ.sum().clamp_min(1.0))
+        loss = l_slots + l_bg + l_st + l_out
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

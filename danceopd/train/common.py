@@ -193,3 +193,30 @@ def kill_point(name: str) -> None:
 
     if os.environ.get("DANCEOPD_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def start_run(out: Path, resume: bool, overwrite: bool, config: dict, grad_accum: int, mixed_precision: str,
+              threads: int):
+    """Shared start of every trainer: the main process alone prepares the run folder (other ranks get its verdict:
+    with several processes each doing it, one created the folder and the next found it "not empty"), then the
+    Accelerator. ``split_batches``: no dataloader is prepared, it makes the prepared LR scheduler step once per
+    optimizer step instead of once per process. Returns (accelerator, resuming)."""
+    from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+    from accelerate.utils import broadcast_object_list
+
+    dist = PartialState(cpu=not torch.cuda.is_available())
+    verdict: list = [None, None]   # [resuming, error message]
+    if dist.is_main_process:
+        try:
+            verdict[0] = prepare_run_dir(out, resume, overwrite, config)
+        except UserError as e:
+            verdict[1] = str(e)
+    resuming, error = broadcast_object_list(verdict, from_process=0)
+    if error is not None:
+        raise UserError(error)
+    if threads:
+        torch.set_num_threads(threads)
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision,
+                              log_with="tensorboard", project_dir=str(out), cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    return accelerator, resuming

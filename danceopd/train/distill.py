@@ -36,7 +36,7 @@ from .common import (
     add_lora,
     check_finite,
     kill_point,
-    prepare_run_dir,
+    start_run,
 )
 from .data import make_data
 
@@ -193,7 +193,6 @@ def method_config(cfg: DistillConfig) -> MethodConfig:
 
 def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite: bool = False,
                   progress: bool = True, stop_after: int | None = None) -> Path:
-    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm import tqdm
 
@@ -218,28 +217,8 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     if cfg.train.sample_every and data_res not in (None, 32, 64):
         raise UserError(f"train.sample_every draws ShapesWorld grids (32 or 64 px), not diffusers.resolution="
                         f"{data_res}; set it to 0 and sample the exported run with danceopd sample")
-    # Only the main process touches the run folder (with several processes, every rank doing it raced: one rank
-    # created the folder, the next one found it "not empty" and refused); the others get its verdict.
-    from accelerate import PartialState
-
-    dist = PartialState(cpu=not torch.cuda.is_available())
-    verdict: list = [None, None]   # [resuming, error message]
-    if dist.is_main_process:
-        try:
-            verdict[0] = prepare_run_dir(out, resume, overwrite, dataclasses.asdict(cfg))
-        except UserError as e:
-            verdict[1] = str(e)
-    resuming, error = broadcast_object_list(verdict, from_process=0)
-    if error is not None:
-        raise UserError(error)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    # split_batches=True: no dataloader is prepared here, its only effect is that the prepared LR scheduler steps
-    # once per optimizer step (otherwise Accelerate steps it num_processes times: warm-up N times too fast)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
-                              mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
-                              project_dir=str(out), cpu=not torch.cuda.is_available(),
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator, resuming = start_run(out, resume, overwrite, dataclasses.asdict(cfg), cfg.train.grad_accum,
+                                      cfg.train.mixed_precision, cfg.train.threads)
     set_seed(cfg.seed, device_specific=True)  # rank r seeds cfg.seed + r: ranks draw different noise / queries
     method = METHODS[cfg.method]()
     teacher_be = {r.name: family.load_teacher(r.teacher, accelerator.device) for r in cfg.routes}

@@ -34,7 +34,7 @@ from .common import (
     check_finite,
     kill_point,
     merged_state_dict,
-    prepare_run_dir,
+    start_run,
     t_bins,
 )
 from .data import make_data
@@ -168,7 +168,6 @@ def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
 def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
               stop_after: int | None = None) -> Path:
     """Train; returns the run folder. ``stop_after``: leave after that many optimizer steps (tests)."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
@@ -185,28 +184,8 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
     data_seed = cfg.seed * 1000 + 17
     if cfg.data.csv:
         make_data(cfg.data.bucket, cfg.data.csv, 0, cfg.data.resolution)  # validates the whole CSV
-    # only the main process prepares the run folder; the other ranks get its verdict (see train/distill.py)
-    from accelerate import DataLoaderConfiguration, PartialState
-    from accelerate.utils import broadcast_object_list
-
-    dist = PartialState(cpu=not torch.cuda.is_available())
-    verdict: list = [None, None]
-    if dist.is_main_process:
-        try:
-            verdict[0] = prepare_run_dir(out, resume, overwrite, cfg_dict)
-        except UserError as e:
-            verdict[1] = str(e)
-    resuming, error = broadcast_object_list(verdict, from_process=0)
-    if error is not None:
-        raise UserError(error)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-
-    # split_batches: no dataloader is prepared; it makes the prepared LR scheduler step once per optimizer step
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
-                              mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
-                              project_dir=str(out), cpu=not torch.cuda.is_available(),
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator, resuming = start_run(out, resume, overwrite, cfg_dict, cfg.train.grad_accum,
+                                      cfg.train.mixed_precision, cfg.train.threads)
     set_seed(cfg.seed)  # identical initial weights on every rank
     net, tok = build_model(cfg)
     if accelerator.num_processes > 1:
