@@ -1,0 +1,116 @@
+"""Reproduction runner (cells cached by key, resumed, forced) and report generation, with tiny teachers and a
+stand-in scorer (the real suite is tested in tests/eval)."""
+
+import json
+
+import pytest
+from tinycfg import make_tiny_teachers
+
+from danceopd.errors import UserError
+from danceopd.report import runner
+from danceopd.report.plan import Cell, full_plan_stage1, full_plan_stage2, overall_quality, quick_plan
+from danceopd.report.report import md_to_html, write_report
+
+
+def fake_scores(model, suite, n, seed, out=None):
+    h = (sum(map(ord, str(model))) % 97) / 97
+    cats = ["subject_add", "subject_remove", "subject_replace", "color_alter", "background_change", "style_change"]
+    t2i = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    gedit = {c: {"sc": 5 + h, "pq": 6.0, "o": 5 + h} for c in cats}
+    gedit["avg"] = {"sc": 5 + h, "pq": 6.0, "o": 5 + h}
+    geneval = {c: 0.5 + h / 4 for c in t2i}
+    geneval["overall"] = 0.5 + h / 4
+    return {"gedit": gedit, "geneval": geneval, "fid": 10 * h, "clip_score": 20 + h, "lpips": 0.1 + h / 10}
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "evaluate_model", fake_scores)
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"]),
+            "world:local_edit": str(t["local_edit"]), "world:global_edit": str(t["global_edit"])}
+    return tmp_path, tmap
+
+
+def _tiny(cells):
+    for c in cells:
+        if c.kind == "distill":
+            c.overrides += ["train.steps=2", "train.batch_size=2", "rollout.steps=2", "train.checkpoint_every=1",
+                            "train.threads=1", "train.log_every=1"]
+            c.curve = [1] if c.curve else []
+    return cells
+
+
+def test_plan_cells_and_keys():
+    q = quick_plan()
+    assert [c.id for c in q] == ["teacher/t2i", "teacher/edit", "A/joint_sft/s0", "A/offpolicy/s0",
+                                 "A/danceopd/s0"]
+    full = full_plan_stage1()
+    ids = [c.id for c in full]
+    assert len(ids) == len(set(ids))
+    assert {c.tags.get("ablation") for c in full} >= {"query_bias", "k", "rollout_steps", "student_init", "cfg",
+                                                     "routing"}
+    a, b = Cell("x", "distill", config="A_danceopd.yaml"), Cell("x", "distill", config="A_danceopd.yaml",
+                                                                 overrides=["query.k=2"])
+    assert a.key() != b.key() and a.key() == Cell("x", "distill", config="A_danceopd.yaml").key()
+    scores = {f"{s}/{m}/s0": fake_scores(m, "all", 1, 0) for s in "AB" for m in
+              ("joint_sft", "offpolicy", "soft_mix", "danceopd")}
+    st2 = full_plan_stage2(scores)
+    assert {c.tags["method"] for c in st2 if c.tags["setting"] == "A"} >= {"danceopd"}
+    assert len(st2) == 2 * 3 * 2  # 2 settings x (danceopd + 2 best) x 2 extra seeds
+    assert overall_quality(fake_scores("m", "all", 1, 0), "A") > 0
+
+
+def test_runner_caches_resumes_and_forces(setup):
+    root, tmap = setup
+    cells = _tiny(quick_plan())
+    recs = runner.run_plan(cells, root / "r", tmap)
+    assert all(r["status"] == "done" for r in recs.values())
+    rec = recs["A/danceopd/s0"]
+    assert rec["sec_per_step"] is not None
+    assert rec["command"].startswith("danceopd distill --config configs/world/A_danceopd.yaml")
+    cell_dir = root / "r" / "cells" / cells[-1].dirname
+    mtime = (cell_dir / "cell.json").stat().st_mtime_ns
+    from safetensors.torch import load_file
+
+    before = load_file(str(cell_dir / "run" / "model.safetensors"))
+    runner.run_plan(cells, root / "r", tmap)  # reuse: nothing rerun
+    assert (cell_dir / "cell.json").stat().st_mtime_ns == mtime
+    # an interrupted cell (status not done) is continued, not restarted
+    rec_j = json.loads((cell_dir / "cell.json").read_text())
+    rec_j["status"] = "running"
+    (cell_dir / "cell.json").write_text(json.dumps(rec_j))
+    runner.run_plan(cells, root / "r", tmap)
+    after = load_file(str(cell_dir / "run" / "model.safetensors"))
+    assert all(after[k].equal(before[k]) for k in before)
+    # --force redoes exactly one cell
+    runner.run_plan(cells, root / "r", tmap, force=["A/danceopd/s0"])
+    with pytest.raises(UserError, match="no such cell"):
+        runner.run_plan(cells, root / "r", tmap, force=["A/nope/s0"])
+    # a changed config is a different cell: the old result stays
+    cells2 = _tiny(quick_plan())
+    cells2[-1].overrides.append("query.bias=mid_t")
+    runner.run_plan(cells2, root / "r", tmap)
+    assert cell_dir.exists() and (root / "r" / "cells" / cells2[-1].dirname).exists()
+
+
+def test_report_tables_and_html(setup):
+    root, tmap = setup
+    recs = runner.run_plan(_tiny(quick_plan()), root / "r", tmap)
+    for r in recs.values():
+        if r["kind"] == "teacher":
+            r["model_path"] = tmap[f"world:{r['tags']['teacher']}"]
+    path = write_report(recs, root / "r", "test report", "danceopd reproduce --preset quick")
+    md = path.read_text()
+    for row in ("Single-Task Teacher", "Naive Student (Average Gradients)", "Off-Policy Distillation",
+                "DanceOPD (On-Policy)", "T2I FID", "Local Editing CLIP score", "Global Editing LPIPS",
+                "subj-add", "GenEval overall", "s / step", "relative gain", "Provenance", "git SHA"):
+        assert row in md, row
+    assert (root / "r" / "figures" / "samples_A.png").exists()
+    html = (root / "r" / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html and "figures/" not in html.split("<body>")[1]
+
+
+def test_md_to_html_minimal(tmp_path):
+    html = md_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n- item `x`\n", tmp_path, "t")
+    assert "<h1>T</h1>" in html and "<td><b>2</b></td>" in html and "<code>x</code>" in html
