@@ -84,7 +84,7 @@ class Judge:
         self.version = meta.get("version", "unversioned")
         v = meta["vocab"]
         self.codec = LayoutCodec(v["shapes"], v["colors"], v["backgrounds"], v["styles"], v["grid"])
-        # PQ = 10 * min(1, q / q_clean): q_clean is the critic's median on clean renders at training time
+        # PQ = 10 * min(1, q / q_clean); q_clean = the critic's 10th percentile on clean renders (training time)
         self.q_clean = float(critic_meta.get("q_clean", 1.0))
 
     def check_world(self, cfg: WorldConfig) -> None:

@@ -203,6 +203,7 @@ def save_net(model: nn.Module, path: Path, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata={"meta": json.dumps(meta, sort_keys=True)})
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 

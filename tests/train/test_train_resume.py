@@ -157,3 +157,47 @@ def test_nan_guard_skip_policy(tmp_path, monkeypatch):
     _poison(monkeypatch, {2, 4})
     with pytest.raises(NonFiniteError):
         train_sft(load_config(SFTConfig, cfg), tmp_path / "b", progress=False)  # over the limit
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/danceopd_pwned_marker",))
+
+
+def test_checkpoint_pickle_is_never_executed(reference, tmp_path):
+    """A checkpoint whose optimizer file carries a code-executing pickle (and a manifest that matches it) must fail
+    to load without running the code: optimizer/scheduler states load with weights_only=True."""
+    import hashlib
+    import json
+    import pickle
+
+    from accelerate import Accelerator
+
+    from danceopd.train.checkpoint import load_checkpoint
+
+    _, ref = reference
+    d = tmp_path / "r"
+    shutil.copytree(ref, d)
+    ck = list_checkpoints(d)[-1][1]
+    marker = Path("/tmp/danceopd_pwned_marker")
+    marker.unlink(missing_ok=True)
+    import torch
+
+    torch.save({"state": {}, "param_groups": [], "x": _Evil()}, ck / "optimizer.bin", pickle_module=pickle)
+    m = json.loads((ck / "manifest.json").read_text())
+    data = (ck / "optimizer.bin").read_bytes()
+    m["files"]["optimizer.bin"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ck / "manifest.json").write_text(json.dumps(m))
+    assert verify(ck) is None
+    from danceopd.backends.world_model import WorldNetConfig, WorldUNet
+
+    acc = Accelerator(cpu=True)
+    net = WorldUNet(WorldNetConfig(channels=(8, 16), attn_levels=(1,), text_dim=16, text_layers=1, emb_dim=32))
+    opt = torch.optim.AdamW(net.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    acc.prepare(net, opt, sched)
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
+        load_checkpoint(acc, ck)
+    assert not marker.exists()

@@ -1,0 +1,35 @@
+"""Fresh scenes for a T2I prompt's constraints (the oracle's T2I images and the FID reference set).
+
+``scene_for_constraints`` draws what the prompt leaves open (colors not named, slots, jitter, background when
+not named, style) exactly as ``world.prompts.make_t2i`` does, so a fresh scene is another sample from the same
+distribution as the prompt's own target scene.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..world.prompts import relation_holds
+from ..world.scene import Scene, sample_obj, sample_style
+from ..world.vocab import WorldConfig
+
+
+def scene_for_constraints(constraints: dict, rng: np.random.Generator, cfg: WorldConfig) -> Scene:
+    specs: list[tuple[str, str | None]] = []
+    first: list[int] = []  # index in specs of each requirement's first object (what a relation refers to)
+    for req in constraints["objects"]:
+        first.append(len(specs))
+        specs += [(req["shape"], req.get("color"))] * int(req.get("count", 1))
+    if len(specs) > cfg.n_slots:
+        raise ValueError(f"constraints need {len(specs)} objects but the grid has {cfg.n_slots} slots")
+    rel = constraints.get("relation")
+    for _ in range(10_000):
+        slots = rng.choice(cfg.n_slots, size=len(specs), replace=False)
+        if rel is None or relation_holds(rel["rel"], int(slots[first[rel["a"]]]), int(slots[first[rel["b"]]]),
+                                         cfg.grid):
+            break
+    else:  # pragma: no cover - every relation has solutions on a grid >= 2
+        raise ValueError(f"cannot place relation {rel}")
+    objs = [sample_obj(rng, cfg, sl, shape=s, color=c) for (s, c), sl in zip(specs, slots)]
+    bg = constraints.get("background") or cfg.backgrounds[int(rng.integers(len(cfg.backgrounds)))]
+    return Scene(background=bg, style=sample_style(rng, cfg), grid=cfg.grid).with_objects(objs)
