@@ -24,6 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register():
     from . import data as _data  # noqa: F401
+    from . import eval as _eval  # noqa: F401
     from . import generate as _generate  # noqa: F401
     from . import reproduce as _reproduce  # noqa: F401
     from . import train as _train  # noqa: F401
@@ -44,16 +45,36 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         return int(code or 0)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors (missing option, bad value): one usage line, exit 2
+        usage, abort = _click_exception_types()
+        if isinstance(e, usage):
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, abort):
             return 130
         raise
     return 0
+
+
+def _click_exception_types():
+    """typer >= 0.16 vendors its own click (``typer._click``); older typer uses click itself."""
+    usage, abort = [], []
+    try:
+        import click
+
+        usage.append(click.exceptions.ClickException)
+        abort.append(click.exceptions.Abort)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from typer._click import exceptions as tce
+
+        usage.append(tce.ClickException)
+        if hasattr(tce, "Abort"):
+            abort.append(tce.Abort)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(usage), tuple(abort)
 
 
 def run():  # console script

@@ -124,6 +124,8 @@ def calibration_generator(spec: str, resolution: int = 32) -> Generator | None:
         return IdentityGenerator(resolution)
     if s == "noise":
         return NoiseGenerator(resolution)
+    if s == "degrade":
+        raise UserError("degrade needs a level: degrade:<level> with level in [0, 1] or an integer 1..4")
     if s.startswith("degrade:"):
         return DegradeGenerator(parse_degrade_level(s.split(":", 1)[1]), resolution, name=s)
     return None
@@ -142,3 +144,7 @@ def resolve_generator(spec: str, resolution: int) -> Generator:
         return load_generator(spec, resolution)
     except (KeyError, FileNotFoundError):
         raise UserError(UNKNOWN_MODEL.format(spec=spec)) from None
+    except UserError as e:  # the registry's own "unknown model" lacks the calibration names
+        if str(e).startswith("unknown model") and not spec.startswith("world:"):
+            raise UserError(UNKNOWN_MODEL.format(spec=spec)) from None
+        raise

@@ -1,6 +1,7 @@
-"""The judge: a frozen CNN scene parser that reads a world image back into its layout
-``(background, style, slots)`` (the same tuple ``Scene.layout()`` gives), plus a naturalness score (PQ), the
-FID feature and LPIPS-style distances, all from one forward pass of the shipped ``JudgeNet``.
+"""The judge: a frozen CNN scene parser (``JudgeNet``) that reads a world image back into its layout
+``(background, style, slots)`` (the same tuple ``Scene.layout()`` gives), read twice (the image and its mirror
+image, log-probabilities summed); the naturalness critic (``CriticNet``) behind PQ; the FID feature and the
+LPIPS-style distance from the judge's backbone.
 
 Images of any square size are accepted; 64 px images are box-downsampled to 32 px before judging.
 """
@@ -86,6 +87,8 @@ class Judge:
         self.codec = LayoutCodec(v["shapes"], v["colors"], v["backgrounds"], v["styles"], v["grid"])
         # PQ = 10 * min(1, q / q_clean); q_clean = the critic's 10th percentile on clean renders (training time)
         self.q_clean = float(critic_meta.get("q_clean", 1.0))
+        g = self.codec.grid
+        self._mirror = torch.tensor([r * g + (g - 1 - c) for r in range(g) for c in range(g)])
 
     def check_world(self, cfg: WorldConfig) -> None:
         if LayoutCodec.for_world(cfg).vocab() != self.codec.vocab():
@@ -98,6 +101,13 @@ class Judge:
         for i in range(0, len(images), batch_size):
             x = judge_input(to_float(images[i: i + batch_size]))
             out = self.net(x)
+            # test-time mirror: every shape is left-right symmetric, so the mirrored image read with mirrored
+            # slots is a second opinion; the two readings' log-probabilities are summed
+            flip = self.net(x.flip(-1))
+            perm = self._mirror
+            out["slots"] = out["slots"].log_softmax(-1) + flip["slots"][:, perm].log_softmax(-1)
+            for k in ("background", "style"):
+                out[k] = out[k].log_softmax(-1) + flip[k].log_softmax(-1)
             out["quality"] = torch.sigmoid(self.critic(x))
             yield out
 
@@ -124,8 +134,13 @@ class Judge:
     def pq(self, images: np.ndarray) -> np.ndarray:
         return self.pq_from_quality(self.run(images).quality)
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        return self.run(images).features
+    @torch.inference_mode()
+    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The FID feature (pooled last backbone stage) only: same numbers as ``run(images).features``."""
+        images = check_images(images)
+        out = [self.net.backbone(normalize_input(judge_input(to_float(images[i: i + batch_size]))))[-1]
+               .mean(dim=(2, 3)).numpy() for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.net.feature_dim), np.float32)
 
     @torch.inference_mode()
     def lpips(self, a: np.ndarray, b: np.ndarray, batch_size: int = 256) -> np.ndarray:

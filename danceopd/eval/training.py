@@ -24,6 +24,7 @@ from ..world.vocab import WorldConfig
 from .imageops import gaussian_blur, judge_input, to_float
 from .judge import LayoutCodec
 from .nets import CLIP_VERSION, JUDGE_VERSION, CriticNet, JudgeNet, WorldClip
+from .scenes import scene_caption
 
 TRAIN_STREAM = 0x7EA1   # training draws
 CALIB_STREAM = 0x7EA2   # q_clean calibration after training
@@ -235,29 +236,51 @@ def train_critic(cfg: WorldConfig, seed: int = 0, steps: int = 800, batch: int =
 
 
 def clip_batch(rng: np.random.Generator, cfg: WorldConfig, tok: WorldTokenizer, n: int):
-    """T2I prompts and renders of scenes satisfying them, plus the match matrix (image i satisfies prompt j)."""
-    exs = [sample_example(rng, cfg, "t2i") for _ in range(n)]
-    scenes = [e.target for e in exs]
+    """60 % T2I prompts with a render satisfying them, 40 % captions of whole scenes (edit sources and targets,
+    ``scene_caption``) with their render; plus the match matrix (image i satisfies text j's constraints)."""
+    texts, cons, scenes = [], [], []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            ex = sample_example(rng, cfg, "t2i")
+            texts.append(ex.prompt)
+            cons.append(ex.constraints)
+            scenes.append(ex.target)
+        else:
+            ex = sample_example(rng, cfg, "edit")
+            sc = ex.target if ex.source is None or rng.random() < 0.5 else ex.source
+            t, c = scene_caption(sc)
+            texts.append(t)
+            cons.append(c)
+            scenes.append(sc)
     x = render_judge_input(scenes, cfg, rng)
     for i in range(n):  # mild noise / blur on a third of the images, so the tower tolerates imperfect samples
         if rng.random() < 0.33:
             fam = "noise" if rng.random() < 0.5 else "blur"
             x[i: i + 1] = quantize(corrupt(x[i: i + 1], fam, float(rng.uniform(0, 0.3)), rng, x[i: i + 1]))
     layouts = [sc.layout() for sc in scenes]
-    match = torch.tensor([[check_constraints(e.constraints, lay) for e in exs] for lay in layouts], dtype=torch.float32)
+    match = torch.tensor([[check_constraints(c, lay) for c in cons] for lay in layouts], dtype=torch.float32)
     match.fill_diagonal_(1.0)
-    return x, tok.encode([e.prompt for e in exs]), match
+    # 6 % of the images are replaced by non-renders (noise, color fields, blobs) that must match no text
+    junk = torch.from_numpy(rng.random(n) < 0.06)
+    for i in np.flatnonzero(junk.numpy()):
+        x[i: i + 1] = quantize(garbage(rng, x.shape[-1]))
+    return x, tok.encode(texts), match, junk
 
 
-def clip_loss(net: WorldClip, x: torch.Tensor, ids: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
-    """Symmetric contrastive loss with multi-positive targets (every prompt an image satisfies is a positive)."""
+def clip_loss(net: WorldClip, x: torch.Tensor, ids: torch.Tensor, match: torch.Tensor,
+              junk: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric contrastive loss with multi-positive targets (every text an image satisfies is a positive) over
+    the real images; non-render images (``junk``) are pushed to cosine <= 0 with every text."""
     zi, zt = net.encode_image(x), net.encode_text(ids)
-    logits = net.logit_scale.exp().clamp(max=100.0) * zi @ zt.t()
-    t_img = match / match.sum(1, keepdim=True)
-    t_txt = match.t() / match.t().sum(1, keepdim=True)
-    li = -(t_img * F.log_softmax(logits, 1)).sum(1).mean()
-    lt = -(t_txt * F.log_softmax(logits.t(), 1)).sum(1).mean()
-    return (li + lt) / 2
+    ok = torch.ones(len(x), dtype=torch.bool) if junk is None else ~junk
+    logits = net.logit_scale.exp().clamp(max=100.0) * zi[ok] @ zt[ok].t()
+    m = match[ok][:, ok]
+    li = -((m / m.sum(1, keepdim=True)) * F.log_softmax(logits, 1)).sum(1).mean()
+    lt = -((m.t() / m.t().sum(1, keepdim=True)) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    loss = (li + lt) / 2
+    if junk is not None and junk.any():
+        loss = loss + 5.0 * F.relu(zi[junk] @ zt[ok].t()).pow(2).mean()
+    return loss
 
 
 def train_clip(cfg: WorldConfig, seed: int = 0, steps: int = 1200, batch: int = 128, lr: float = 2e-3,
@@ -270,8 +293,8 @@ def train_clip(cfg: WorldConfig, seed: int = 0, steps: int = 1200, batch: int = 
     t0 = time.time()
     net.train()
     for step in range(steps):
-        x, ids, match = clip_batch(rng, cfg, tok, batch)
-        loss = clip_loss(net, x, ids, match)
+        x, ids, match, junk = clip_batch(rng, cfg, tok, batch)
+        loss = clip_loss(net, x, ids, match, junk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

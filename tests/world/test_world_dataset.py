@@ -206,3 +206,12 @@ def test_cli_preview_and_export(tmp_path, capsys):
     assert [r["task"] for r in rows] == ["t2i"] * 3
     assert all(json.loads(r["caption_dict"])["constraints"] for r in rows)
     assert main(["--help"]) == 0 and main(["world", "export", "--help"]) == 0
+
+
+def test_cli_usage_errors_exit_2_without_traceback(capsys):
+    from danceopd.cli import main
+
+    assert main(["world", "export", "--bucket", "t2i"]) == 2  # missing --n / --out
+    assert main(["world", "export", "--bucket", "t2i", "--n", "abc", "--out", "x"]) == 2
+    assert main(["no-such-command"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
