@@ -21,6 +21,8 @@ import torch
 from danceopd.backends.registry import ASSET_DIR
 from danceopd.backends.world import load_world_model, save_world_model
 
+CHECK_N = 4
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +61,9 @@ def main():
             kw = {} if a.eval_n is None else {"n": a.eval_n}
             entry["scores"] = evaluate(resolve_generator(f"world:{name}", 32), suite="all", seed=a.seed, **kw)
             entry["eval"] = {"seed": a.seed, "n": a.eval_n, "wall_time_s": round(time.time() - t0, 1)}
+            # a small, fast re-check the test suite reproduces on every run (tests/train/test_shipped_teachers.py)
+            entry["check"] = {"n": CHECK_N, "seed": a.seed, "scores": evaluate(
+                resolve_generator(f"world:{name}", 32), suite="all", seed=a.seed, n=CHECK_N, progress=False)}
         manifest[name] = entry
         print(f"shipped {name}: {dst} ({entry['bytes'] / 1e6:.2f} MB)")
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
