@@ -219,8 +219,8 @@ def sample_grids(recs, figdir: Path, seed: int = 0, n: int = 6) -> str:
 
     out = []
     for setting, buckets in (("A", ("t2i", "edit")), ("B", ("local_edit", "global_edit"))):
-        models = [(f"source {t}", f"world:{t}") for t in TEACHERS[setting] if f"teacher/{t}" in recs]
-        models = [(lbl, recs[f"teacher/{t}"].get("model_path", m)) for (lbl, m), t in zip(models, TEACHERS[setting])]
+        models = [(f"source {t}", recs[f"teacher/{t}"].get("model", f"world:{t}")) for t in TEACHERS[setting]
+                  if f"teacher/{t}" in recs]
         for m in METHODS_ALL:
             rs = [r for r in _seeds(recs, setting, m) if r["tags"].get("seed", 0) == seed and r.get("model")]
             if rs:

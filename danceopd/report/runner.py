@@ -67,6 +67,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     rec["command"] = cell_command(cell, run_dir)
     if cell.kind == "teacher":
         model = teacher_map.get(cell.model, cell.model)
+        rec["model"] = model
         rec["scores"] = evaluate_model(model, cell.suite, cell.eval_n, cell.seed)
     else:
         from ..config import load_config

@@ -99,7 +99,7 @@ def test_report_tables_and_html(setup):
     recs = runner.run_plan(_tiny(quick_plan()), root / "r", tmap)
     for r in recs.values():
         if r["kind"] == "teacher":
-            r["model_path"] = tmap[f"world:{r['tags']['teacher']}"]
+            r["model"] = tmap[f"world:{r['tags']['teacher']}"]
     path = write_report(recs, root / "r", "test report", "danceopd reproduce --preset quick")
     md = path.read_text()
     for row in ("Single-Task Teacher", "Naive Student (Average Gradients)", "Off-Policy Distillation",
