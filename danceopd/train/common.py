@@ -220,3 +220,32 @@ def start_run(out: Path, resume: bool, overwrite: bool, config: dict, grad_accum
                               log_with="tensorboard", project_dir=str(out), cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     return accelerator, resuming
+
+
+def handle_nonfinite(bad: str, train_cfg, skipped: int, out: Path, bar, accelerator) -> int:
+    """Apply ``nan_policy`` to a step whose loss or gradients were not finite (message ``bad``): stop with the
+    last good checkpoint named, or count one more skipped step. Returns the new skipped count."""
+    from .checkpoint import latest_good
+
+    if train_cfg.nan_policy == "stop" or skipped >= train_cfg.max_skipped_steps:
+        bar.close()
+        raise NonFiniteError(f"training stopped: {bad}; last good checkpoint: {latest_good(out)}")
+    accelerator.print(f"warning: skipped step: {bad} ({skipped + 1}/{train_cfg.max_skipped_steps})")
+    return skipped + 1
+
+
+def log_step(accelerator, log: MetricsLog, bar, rec: dict, **postfix) -> None:
+    """One logged step: progress-bar postfix, metrics.jsonl (main process) and the trackers (numbers only)."""
+    bar.set_postfix(**postfix)
+    if accelerator.is_main_process:
+        log.write(rec)
+    accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=rec["step"])
+
+
+def checkpoint(accelerator, out: Path, step: int, state: dict, tensors: dict, limit: int) -> None:
+    """Atomic checkpoint, then pruning down to ``limit`` (never the newest good one)."""
+    from .checkpoint import prune, save_checkpoint
+
+    save_checkpoint(accelerator, out, step, state, tensors)
+    if accelerator.is_main_process:
+        prune(out, limit)

@@ -27,15 +27,17 @@ from ..core import QUERY_BIASES, Route, RouteSampler
 from ..errors import UserError
 from ..methods import METHODS, MethodConfig, StepContext, TeacherField
 from ..world.sampler import BUCKETS
-from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint, write_json_atomic
+from .checkpoint import latest_good, load_checkpoint, write_json_atomic
 from .common import (
     EMA,
     LoraConfig,
     MetricsLog,
-    NonFiniteError,
     add_lora,
     check_finite,
+    checkpoint,
+    handle_nonfinite,
     kill_point,
+    log_step,
     start_run,
 )
 from .data import make_data
@@ -315,10 +317,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
                 if bad is not None:
                     break
         if bad is not None:
-            if cfg.train.nan_policy == "stop" or skipped >= cfg.train.max_skipped_steps:
-                bar.close()
-                raise NonFiniteError(f"training stopped: {bad}; last good checkpoint: {latest_good(out)}")
-            skipped += 1
+            skipped = handle_nonfinite(bad, cfg.train, skipped, out, bar, accelerator)
         step += 1
         done_here += 1
         if debug_ranks:
@@ -331,10 +330,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             rec = {"step": step, "loss": float(total.detach()), "route": "+".join(routes[i].name for i in picked),
                    "lr": sched.get_last_lr()[0], **{f"loss/{n}": float(v) for n, v in losses}, **infos}
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", route=rec["route"])
-            if accelerator.is_main_process:
-                log.write(rec)
-            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+            log_step(accelerator, log, bar, rec, loss=f"{rec['loss']:.4f}", route=rec["route"])
         if cfg.train.sample_every and step % cfg.train.sample_every == 0 and accelerator.is_main_process:
             _sample_grid(student, cfg, out / "samples" / f"step-{step:08d}.png", accelerator, step, resolution)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
@@ -342,9 +338,8 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
             rs["generator_state"] = rs["generator_state"].tolist()
             st = {"step": step, "data": {k: d.state_dict() for k, d in data.items()}, "routes": rs,
                   "wall_time": time.time() - t_start}
-            save_checkpoint(accelerator, out, step, st, ema.tensors() if ema is not None else {})
-            if accelerator.is_main_process:
-                prune(out, cfg.train.checkpoints_total_limit)
+            checkpoint(accelerator, out, step, st, ema.tensors() if ema is not None else {},
+                       cfg.train.checkpoints_total_limit)
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()

@@ -24,15 +24,17 @@ from ..core.flow import interpolate, sample_t, velocity_target
 from ..errors import UserError
 from ..world.sampler import BUCKETS
 from ..world.text import WorldTokenizer
-from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint, write_json_atomic
+from .checkpoint import latest_good, load_checkpoint, write_json_atomic
 from .common import (
     EMA,
     LoraConfig,
     MetricsLog,
-    NonFiniteError,
     add_lora,
     check_finite,
+    checkpoint,
+    handle_nonfinite,
     kill_point,
+    log_step,
     merged_state_dict,
     start_run,
     t_bins,
@@ -254,11 +256,7 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
                     sched.step()
                 opt.zero_grad(set_to_none=True)
         if bad is not None:
-            if cfg.train.nan_policy == "stop" or skipped >= cfg.train.max_skipped_steps:
-                bar.close()
-                raise NonFiniteError(f"training stopped: {bad}; last good checkpoint: {latest_good(out)}")
-            skipped += 1
-            accelerator.print(f"warning: skipped step: {bad} ({skipped}/{cfg.train.max_skipped_steps})")
+            skipped = handle_nonfinite(bad, cfg.train, skipped, out, bar, accelerator)
         step += 1
         done_here += 1
         ema.update(named, step)
@@ -266,17 +264,12 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], **t_bins(per.detach(), t)}
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if accelerator.is_main_process:
-                log.write(rec)
-            accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+            log_step(accelerator, log, bar, rec, loss=f"{rec['loss']:.4f}")
         if cfg.train.sample_every and step % cfg.train.sample_every == 0 and accelerator.is_main_process:
             _sample_grid(backend, ema, named, out / "samples" / f"step-{step:08d}.png", accelerator, step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             st = {"step": step, "data": data.state_dict(), "wall_time": time.time() - t_start}
-            save_checkpoint(accelerator, out, step, st, ema.tensors())
-            if accelerator.is_main_process:
-                prune(out, cfg.train.checkpoints_total_limit)
+            checkpoint(accelerator, out, step, st, ema.tensors(), cfg.train.checkpoints_total_limit)
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()
