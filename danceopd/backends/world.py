@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from ..core.flow import timesteps as make_timesteps
 from ..errors import UserError
 from ..world.text import WorldTokenizer
+from .base import guided_field
 from .world_model import WorldNetConfig, WorldUNet
 
 FORMAT = "danceopd.world_unet/1"
@@ -126,32 +127,11 @@ class WorldBackend:
 
     # ---- guided fields and sampling -------------------------------------------------------------------------
     def guided_field(self, prompts, sources=None, text_scale=None, image_scale=None):
-        """A velocity field ``(x_t, t) -> v`` with classifier-free guidance (one batched forward per call).
-        T2I: v_u + s_txt (v_c - v_u). Edit (InstructPix2Pix-style): v_u + s_img (v_img - v_u) + s_txt (v_c - v_img),
-        where v_img has the source but no text and v_u neither; with s_img = 1 the v_u pass is skipped."""
+        """CFG field over this backend (see ``danceopd.backends.base.guided_field``); scales default to the
+        sampler's."""
         s_txt = self.sampling.text_scale if text_scale is None else text_scale
         s_img = self.sampling.image_scale if image_scale is None else image_scale
-        B = len(prompts)
-        cond = self.encode(prompts, sources)
-        if s_txt == 1.0 and (sources is None or s_img == 1.0):
-            return lambda x, t: self.velocity(x, t, cond)
-        empty = self.encode([""] * B, sources)
-        if sources is None or s_img == 1.0:
-            both = cond.cat(empty)
-
-            def field(x, t):
-                v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-                return v_u + s_txt * (v_c - v_u)
-
-            return field
-        none = self.encode([""] * B, None)
-        allc = cond.cat(empty).cat(none)
-
-        def field3(x, t):
-            v_c, v_i, v_u = self.velocity(torch.cat([x, x, x]), torch.cat([t, t, t]), allc).chunk(3)
-            return v_u + s_img * (v_i - v_u) + s_txt * (v_c - v_i)
-
-        return field3
+        return guided_field(self, prompts, sources, s_txt, s_img)
 
     @torch.no_grad()
     def sample(self, prompts, sources: np.ndarray | None = None, seed: int = 0, steps=None, shift=None,
