@@ -29,11 +29,16 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> b
                 raise UserError(f"{out}: cannot resume, no run_config.json (not a danceopd run folder)")
             old = json.loads(cfg_file.read_text(encoding="utf-8"))
             changed = sorted(_diff(old, config))
-            ignore = {"train.steps", "train.threads"}  # extending a run, or a different thread count, is allowed
-            changed = [c for c in changed if c not in ignore]
-            if changed:
-                raise UserError(f"{out}: cannot resume, config differs from the run's at {', '.join(changed[:5])}; "
+            # extending a run (more steps, a learning-rate decay tail) or a different thread count is allowed
+            ignore = {"train.steps", "train.threads", "optim.decay_start", "optim.final_lr_frac"}
+            blocking = [c for c in changed if c not in ignore]
+            if blocking:
+                raise UserError(f"{out}: cannot resume, config differs from the run's at {', '.join(blocking[:5])}; "
                                 "use a new --out or --overwrite")
+            if changed:  # record the config the run now continues under
+                from .checkpoint import write_json_atomic
+
+                write_json_atomic(cfg_file, config)
             return True
         if not overwrite:
             raise UserError(f"{out}: run folder exists and is not empty; pass --resume to continue it or "

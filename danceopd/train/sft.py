@@ -81,12 +81,29 @@ class OptimSection:
     beta2: float = 0.99
     warmup_steps: int = 300
     grad_clip: float = 1.0
+    # Linear decay of the learning rate from step `decay_start` to `final_lr_frac * lr` at the last step;
+    # None keeps it constant after warmup. Steps before decay_start are unaffected, so a run can be extended
+    # with a decay tail and still be reproduced bit-for-bit by one command.
+    decay_start: int | None = None
+    final_lr_frac: float = 0.1
 
     def validate(self):
         if not 0 < self.lr < 1:
             raise ValueError(f"optim.lr must be in (0, 1), got {self.lr}")
         if self.warmup_steps < 0 or self.grad_clip <= 0:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
+        if self.decay_start is not None and self.decay_start < 0:
+            raise ValueError(f"optim.decay_start must be >= 0 or null, got {self.decay_start}")
+        if not 0 <= self.final_lr_frac <= 1:
+            raise ValueError(f"optim.final_lr_frac must be in [0, 1], got {self.final_lr_frac}")
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of `lr` at optimizer step `step` (0-based): linear warmup, constant, optional linear decay."""
+        f = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.decay_start is not None and step >= self.decay_start and total_steps > self.decay_start:
+            frac = min(1.0, (step - self.decay_start) / (total_steps - self.decay_start))
+            f *= 1.0 - (1.0 - self.final_lr_frac) * frac
+        return f
 
 
 @dataclass
@@ -200,8 +217,7 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
-    warm = cfg.optim.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.optim.lr_factor(s, cfg.train.steps))
     model, opt, sched = accelerator.prepare(net, opt, sched)
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     ema = EMA(named, cfg.train.ema_decay)

@@ -201,3 +201,23 @@ def test_checkpoint_pickle_is_never_executed(reference, tmp_path):
     with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
         load_checkpoint(acc, ck)
     assert not marker.exists()
+
+
+def test_lr_factor_warmup_constant_decay():
+    from danceopd.train.sft import OptimSection
+
+    o = OptimSection(lr=1e-3, warmup_steps=4, decay_start=10, final_lr_frac=0.1)
+    assert [o.lr_factor(s, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert o.lr_factor(9, 20) == 1.0 and o.lr_factor(10, 20) == 1.0
+    assert abs(o.lr_factor(15, 20) - 0.55) < 1e-12 and abs(o.lr_factor(20, 20) - 0.1) < 1e-12
+    assert OptimSection(warmup_steps=0).lr_factor(123, 200) == 1.0  # no decay configured: constant
+
+
+def test_extending_a_run_with_a_decay_tail_equals_one_shot(tmp_path):
+    """Train 4 constant-lr steps, then resume to 6 with a decay from step 4: same bytes as the 6-step run."""
+    one = tiny_sft_yaml(tmp_path / "one.yaml", **{"optim": {"lr": 0.002, "warmup_steps": 2, "decay_start": 4}})
+    _train(one, tmp_path / "one")
+    short = tiny_sft_yaml(tmp_path / "short.yaml")
+    _train(short, tmp_path / "ext", "--set", "train.steps=4")
+    _train(short, tmp_path / "ext", "--resume", "--set", "optim.decay_start=4")
+    _same_run(tmp_path / "one", tmp_path / "ext")
