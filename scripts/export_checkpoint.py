@@ -28,8 +28,11 @@ def main():
     net, tok = build_model(cfg)
     from safetensors.torch import load_file
 
+    # the checkpoint's raw weights first (frozen parameters such as a frozen text encoder have no EMA), then the EMA
+    net.load_state_dict(load_file(str(ck / "model.safetensors")), strict=True)
     ema = {k[len("ema."):]: v for k, v in load_file(str(ck / "extra.safetensors")).items()}
     missing, unexpected = net.load_state_dict(ema, strict=False)
+    missing = [k for k in missing if not (cfg.train.freeze_text and k.startswith("text."))]
     if missing or unexpected:
         raise SystemExit(f"checkpoint EMA does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     step = int(ck.name.split("-")[1])

@@ -59,11 +59,13 @@ def main():
 
             t0 = time.time()
             kw = {} if a.eval_n is None else {"n": a.eval_n}
-            entry["scores"] = evaluate(resolve_generator(f"world:{name}", 32), suite="all", seed=a.seed, **kw)
+            suite = "all" if net.cfg.edit else "t2i"  # a model without source-image input cannot edit
+            entry["suite"] = suite
+            entry["scores"] = evaluate(resolve_generator(f"world:{name}", 32), suite=suite, seed=a.seed, **kw)
             entry["eval"] = {"seed": a.seed, "n": a.eval_n, "wall_time_s": round(time.time() - t0, 1)}
             # a small, fast re-check the test suite reproduces on every run (tests/train/test_shipped_teachers.py)
             entry["check"] = {"n": CHECK_N, "seed": a.seed, "scores": evaluate(
-                resolve_generator(f"world:{name}", 32), suite="all", seed=a.seed, n=CHECK_N, progress=False)}
+                resolve_generator(f"world:{name}", 32), suite=suite, seed=a.seed, n=CHECK_N, progress=False)}
         manifest[name] = entry
         print(f"shipped {name}: {dst} ({entry['bytes'] / 1e6:.2f} MB)")
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

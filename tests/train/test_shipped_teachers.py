@@ -14,10 +14,10 @@ ENTRIES = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
 
 def _close(a, b, tol):
     if isinstance(a, dict):
-        return all(_close(a[k], b[k], tol) for k in a if k in b and k not in ("timings",))
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= tol
-    return True
+    return a == b  # None (a suite that was not run) must stay None
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
@@ -35,8 +35,10 @@ def test_shipped_teacher_reproduces_check_scores(name):
     from danceopd.eval.generators import resolve_generator
     from danceopd.eval.suite import evaluate
 
-    c = ENTRIES[name]["check"]
-    got = evaluate(resolve_generator(f"world:{name}", 32), suite="all", seed=c["seed"], n=c["n"], progress=False)
+    e = ENTRIES[name]
+    c = e["check"]
+    got = evaluate(resolve_generator(f"world:{name}", 32), suite=e.get("suite", "all"), seed=c["seed"], n=c["n"],
+                   progress=False)
     assert _close(c["scores"]["geneval"], got["geneval"], 1e-6) and _close(c["scores"]["gedit"], got["gedit"], 1e-4)
 
 
@@ -48,6 +50,8 @@ def test_shipped_teacher_reproduces_manifest_scores(name):
 
     e = ENTRIES[name]
     kw = {} if e["eval"]["n"] is None else {"n": e["eval"]["n"]}
-    got = evaluate(resolve_generator(f"world:{name}", 32), suite="all", seed=e["eval"]["seed"], progress=False, **kw)
+    got = evaluate(resolve_generator(f"world:{name}", 32), suite=e.get("suite", "all"), seed=e["eval"]["seed"],
+                   progress=False, **kw)
     assert abs(got["geneval"]["overall"] - e["scores"]["geneval"]["overall"]) <= 0.02
-    assert abs(got["gedit"]["avg"]["o"] - e["scores"]["gedit"]["avg"]["o"]) <= 0.2
+    if e["scores"]["gedit"] is not None:
+        assert abs(got["gedit"]["avg"]["o"] - e["scores"]["gedit"]["avg"]["o"]) <= 0.2
