@@ -142,3 +142,27 @@ def test_route_sequence_logged_every_step(teachers, tmp_path):
     logged = [r["route"] for r in _metrics(out)]
     sampler = RouteSampler([Route("t2i", "t2i", "t2i"), Route("edit", "edit", "edit")], seed=0, mode="hard")
     assert logged == [r.name for _ in range(6) for r in sampler.sample_routes()]
+
+
+def _shipped(*names):
+    from danceopd.backends.registry import ASSET_DIR
+
+    return all((ASSET_DIR / f"{n}.safetensors").is_file() for n in names)
+
+
+@pytest.mark.parametrize("setting", ["A", "B"])
+@pytest.mark.parametrize("method", METHODS)
+def test_shipped_configs_train_from_shipped_teachers(tmp_path, method, setting):
+    """The real configs/world/<setting>_<method>.yaml with the shipped teachers (batch, steps and rollout shrunk)."""
+    from pathlib import Path
+
+    names = ("t2i", "edit") if setting == "A" else ("local_edit", "global_edit")
+    if not _shipped(*names):
+        pytest.skip("teachers not shipped")
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "world" / f"{setting}_{method}.yaml"
+    out = tmp_path / "run"
+    small = ["train.steps=1", "train.batch_size=4", "rollout.steps=2", "sampling.steps=2", "train.threads=1",
+             "flowopd.group_size=2"]
+    assert _distill(cfg, out, *[a for s in small for a in ("--set", s)]) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["steps"] == (0 if method == "weight_merge" else 1)
