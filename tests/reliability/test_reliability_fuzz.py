@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from danceopd.backends.registry import ASSET_DIR
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -220,8 +222,25 @@ def test_fuzz_edit_image_bytes(tmp_path, capsys, data):
     img = tmp_path / "src.png"
     img.write_bytes(data)
     out = tmp_path / "out.png"
-    _expect_clean_failure(capsys, ["edit", "--model", "world:edit", "--image", img, "--instruction", "invert the colors",
-                                   "--out", out], out)
+    args = ["edit", "--model", "world:edit", "--image", img, "--instruction", "invert the colors", "--out", out]
+    if _decodes(data) and (ASSET_DIR / "edit.safetensors").is_file():
+        # a PNG cut only after its image data (e.g. without IEND) still decodes completely: editing it is right
+        assert main([str(a) for a in args]) == 0 and out.is_file()
+        return
+    _expect_clean_failure(capsys, args, out)
+
+
+def _decodes(data: bytes) -> bool:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.size == (32, 32) and im.mode == "RGB"
+    except Exception:
+        return False
 
 
 def test_debug_flag_shows_traceback(tmp_path, capsys):
