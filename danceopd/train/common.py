@@ -21,6 +21,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> b
     """Decide what to do with ``out`` before any expensive work. Returns True when resuming.
 
     A run never writes into an existing run folder unless told to resume (same config) or overwrite."""
+    from .checkpoint import write_json_atomic
+
     out = Path(out)
     cfg_file = out / "run_config.json"
     if out.exists() and any(out.iterdir()):
@@ -36,8 +38,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> b
                 raise UserError(f"{out}: cannot resume, config differs from the run's at {', '.join(blocking[:5])}; "
                                 "use a new --out or --overwrite")
             if changed:  # record the config the run now continues under
-                from .checkpoint import write_json_atomic
-
                 write_json_atomic(cfg_file, config)
             return True
         if not overwrite:
@@ -47,8 +47,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> b
     elif resume:
         pass  # nothing to resume: start fresh
     out.mkdir(parents=True, exist_ok=True)
-    from .checkpoint import write_json_atomic
-
     write_json_atomic(cfg_file, config)
     return False
 
