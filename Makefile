@@ -10,4 +10,4 @@ test-slow: dev
 lint:
 	.venv/bin/ruff check .
 demo: install
-	.venv/bin/danceopd world preview --out runs/preview.png
+	.venv/bin/danceopd reproduce --preset quick --out runs/quick --seed 0

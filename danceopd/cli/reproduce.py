@@ -20,27 +20,41 @@ def reproduce_cmd(
     force: list[str] = typer.Option([], "--force", help="Redo one cell by id, e.g. A/danceopd/s0 (repeatable)."),
     retrain_teachers: bool = typer.Option(False, "--retrain-teachers",
                                           help="Train the teachers from their configs instead of the shipped ones."),
+    report_only: bool = typer.Option(False, "--report-only",
+                                     help="Run nothing: write the report from the cells finished so far."),
+    publish_dir: Path = typer.Option(None, "--publish", help="Also copy the report, its figures and every finished "
+                                     "cell's record (no weights) to this folder, e.g. results/full."),
 ):
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
     from ..report.plan import full_plan_stage1, full_plan_stage2, quick_plan
     from ..report.report import write_report
-    from ..report.runner import run_plan, train_teachers
+    from ..report.runner import load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
+    if report_only and (force or retrain_teachers):
+        raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    teacher_map = train_teachers(out) if retrain_teachers else {}
+    teacher_map = {}
+    if retrain_teachers:
+        teacher_map = train_teachers(out)
     cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
     for c in cells:
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
-    recs = run_plan(cells, out, teacher_map, force)
+    run = (lambda cs: load_done(cs, out)) if report_only else (lambda cs: run_plan(cs, out, teacher_map, force))
+    recs = run(cells)
+    planned = len(cells)
     if preset == "full":
-        scores = {k: v["scores"] for k, v in recs.items()}
-        recs.update(run_plan(full_plan_stage2(scores), out, teacher_map, force))
+        stage2 = full_plan_stage2({k: v["scores"] for k, v in recs.items()})
+        planned += len(stage2)
+        recs.update(run(stage2))
     cmd = f"danceopd reproduce --preset {preset} --out {out} --seed {seed}" + (
-        " --retrain-teachers" if retrain_teachers else "")
-    path = write_report(recs, out, f"DanceOPD in ShapesWorld — {preset} preset", cmd)
-    typer.echo(f"report: {path} and {out / 'report.html'} ({(time.time() - t0) / 60:.1f} min this run)")
+        " --retrain-teachers" if retrain_teachers else "") + (f" --publish {publish_dir}" if publish_dir else "")
+    path = write_report(recs, out, f"DanceOPD in ShapesWorld — {preset} preset", cmd, planned=planned)
+    if publish_dir:
+        publish(out, publish_dir)
+    typer.echo(f"report: {path} and {out / 'report.html'} ({len(recs)} of {planned} cells finished; "
+               f"{(time.time() - t0) / 60:.1f} min this run)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..world.edits import EDIT_CATEGORIES
+from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
 from .plan import METHODS_ALL, TEACHERS, overall_quality
 
@@ -99,15 +99,16 @@ def comparison_table(recs) -> tuple[str, dict]:
 def table2(recs, setting) -> tuple[str, dict]:
     cats_e = [GEDIT_SHORT[c] for c in EDIT_CATEGORIES]
     cats_g = [GENEVAL_SHORT[c] for c in T2I_CATEGORIES]
-    header = ["Model", *cats_e, "GEdit avg", *cats_g, "GenEval overall", "s / step"]
+    header = ["Model", *cats_e, "GEdit avg", *cats_g, "GenEval overall", "steps", "s / step"]
     rows, overall = [], {}
 
-    def row(label, scs, sec=None):
+    def row(label, scs, sec=None, steps=None):
         r = [label]
         r += [_fmt([_get(s, "gedit", c, "o") for s in scs]) for c in EDIT_CATEGORIES]
         r += [_fmt([_get(s, "gedit", "avg", "o") for s in scs])]
         r += [_fmt([_get(s, "geneval", c) for s in scs]) for c in T2I_CATEGORIES]
         r += [_fmt([_get(s, "geneval", "overall") for s in scs])]
+        r += [", ".join(sorted({str(x) for x in steps})) if steps else "—"]
         r += [_fmt(sec or [None])]
         return r
 
@@ -119,7 +120,8 @@ def table2(recs, setting) -> tuple[str, dict]:
         rs = _seeds(recs, setting, m)
         if rs:
             rows.append(row(METHOD_NAMES[m] + (f" (n={len(rs)} seeds)" if len(rs) > 1 else ""),
-                            [r["scores"] for r in rs], [r.get("sec_per_step") for r in rs]))
+                            [r["scores"] for r in rs], [r.get("sec_per_step") for r in rs],
+                            [r.get("steps", "?") for r in rs]))
             overall[m] = float(np.mean([overall_quality(r["scores"], setting) for r in rs]))
     md = _table(header, rows)
     if "danceopd" in overall and len(overall) > 1:
@@ -194,11 +196,11 @@ def curves_figure(recs, figdir: Path) -> str | None:
             if r["tags"]["setting"] != setting:
                 continue
             pts = sorted(r["curve"], key=lambda p: p["step"])
-            final = r.get("scores")
+            if r.get("scores") and r.get("steps") and all(p["step"] != r["steps"] for p in pts):
+                pts.append({"step": r["steps"], "scores": r["scores"]})  # the final point (default eval n)
             steps = [p["step"] for p in pts]
             vals = [overall_quality(p["scores"], setting) for p in pts]
             ax.plot(steps, vals, marker="o", label=r["tags"]["method"])
-            _ = final
         ax.set_title(f"setting {setting}", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("overall (0-10)")
@@ -277,6 +279,7 @@ def reading(recs, overall_a, overall_b, comp_vals) -> str:
             worse = [m for m, v in rest.items() if v >= ov["danceopd"]]
             if worse:
                 lines.append(f"  Baselines at or above DanceOPD here: {', '.join(worse)}.")
+    lines += capability_lines(recs)
     secs = {}
     for r in recs.values():
         t = r.get("tags", {})
@@ -297,6 +300,43 @@ def reading(recs, overall_a, overall_b, comp_vals) -> str:
     return "\n".join(lines)
 
 
+def _mean_o(sc, cats):
+    vals = [_get(sc, "gedit", c, "o") for c in cats]
+    return float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
+
+
+# Per setting: (capability name, metric on a scores dict, source teacher that owns the capability).
+CAPABILITIES = {
+    "A": (("T2I (GenEval overall)", lambda sc: _get(sc, "geneval", "overall"), "t2i"),
+          ("editing (GEdit avg O)", lambda sc: _get(sc, "gedit", "avg", "o"), "edit")),
+    "B": (("local editing (GEdit O, local categories)", lambda sc: _mean_o(sc, LOCAL_EDITS), "local_edit"),
+          ("global editing (GEdit O, global categories)", lambda sc: _mean_o(sc, GLOBAL_EDITS), "global_edit")),
+}
+
+
+def capability_lines(recs) -> list[str]:
+    """Capability by capability: the best method, where DanceOPD ranks, and how much of the owning teacher's
+    score it keeps (seed means)."""
+    lines = []
+    for s, caps in CAPABILITIES.items():
+        for name, metric, owner in caps:
+            means = {}
+            for m in METHODS_ALL:
+                vals = [metric(r["scores"]) for r in _seeds(recs, s, m)]
+                vals = [v for v in vals if v is not None]
+                if vals:
+                    means[m] = float(np.mean(vals))
+            if "danceopd" not in means or len(means) < 2:
+                continue
+            ranked = sorted(means, key=means.get, reverse=True)
+            t = recs.get(f"teacher/{owner}")
+            tv = metric(t["scores"]) if t else None
+            keep = f"; {100 * means['danceopd'] / tv:.0f}% of the {owner} teacher's {tv:.2f}" if tv else ""
+            lines.append(f"- Setting {s}, {name}: best {ranked[0]} {means[ranked[0]]:.2f}; DanceOPD "
+                         f"{means['danceopd']:.2f} (rank {ranked.index('danceopd') + 1} of {len(ranked)}{keep}).")
+    return lines
+
+
 def provenance(recs) -> str:
     rows = []
     for cid in sorted(recs):
@@ -306,14 +346,20 @@ def provenance(recs) -> str:
     return _table(["cell", "command", "git SHA", "wall min"], rows) + "\n\nMachine(s): " + "; ".join(machines)
 
 
-def write_report(recs: dict[str, dict], out: Path, title: str, command: str) -> Path:
+def write_report(recs: dict[str, dict], out: Path, title: str, command: str, planned: int | None = None) -> Path:
     out = Path(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     comp_md, comp_vals = comparison_table(recs)
     a_md, ov_a = table2(recs, "A")
     b_md, ov_b = table2(recs, "B")
-    parts = [f"# {title}", f"Regenerate with: `{command}`", "## Comparison table", comp_md,
+    status = []
+    if planned is not None and len(recs) < planned:
+        status = [f"**Partial report: {len(recs)} of {planned} cells finished.** Re-running the command continues "
+                  "where it stopped; tables below contain only finished cells."]
+    wall = sum(r.get("wall_time_s", 0.0) for r in recs.values()) / 3600
+    parts = [f"# {title}", f"Regenerate with: `{command}` (from the repository root).", *status,
+             f"Total wall time of the finished cells: {wall:.2f} h.", "## Comparison table", comp_md,
              "## Table 2, setting A: T2I + Edit", a_md]
     if ov_b or any(f"teacher/{t}" in recs for t in TEACHERS["B"]):
         parts += ["## Table 2, setting B: Local + Global Edit", b_md]

@@ -90,6 +90,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)
         final = json.loads((run_dir / "final.json").read_text())
+        rec["steps"] = final_steps
         rec["sec_per_step"] = final.get("sec_per_step")
         rec["train_wall_time_s"] = final.get("wall_time_s")
         rec["scores"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, cell.seed)
@@ -115,6 +116,35 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
         out[c.id] = run_cell(c, root, teacher_map or {}, force=c.id in force, log=log)
     bar.close()
     return out
+
+
+def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:
+    """Records of the cells of ``cells`` that have finished under ``root`` (nothing is run)."""
+    out = {}
+    for c in cells:
+        p = root / "cells" / c.dirname / "cell.json"
+        if p.exists():
+            rec = json.loads(p.read_text())
+            if rec.get("status") == "done":
+                out[c.id] = rec
+    return out
+
+
+def publish(root: Path, dest: Path) -> None:
+    """Copy the report (md, html, figures) and every finished cell's record (scores, command, SHA, wall time; no
+    weights) from ``root`` to ``dest``; files are replaced one by one atomically, nothing else in ``dest`` is
+    touched."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    items = [(root / "report.md", dest / "report.md"), (root / "report.html", dest / "report.html")]
+    items += [(f, dest / "figures" / f.name) for f in sorted((root / "figures").glob("*.png"))]
+    items += [(f, dest / "cells" / f"{f.parent.name}.json") for f in sorted((root / "cells").glob("*/cell.json"))]
+    for src, dst in items:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
 
 
 def train_teachers(root: Path, names=("t2i", "edit", "local_edit", "global_edit")) -> dict[str, str]:

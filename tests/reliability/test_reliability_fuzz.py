@@ -9,13 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from danceopd.backends.registry import ASSET_DIR
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from danceopd.backends.registry import ASSET_DIR
 from danceopd.cli import main
 from danceopd.world import DEFAULT_WORLD
 from danceopd.world.dataset import COLUMNS, export

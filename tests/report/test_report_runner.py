@@ -114,3 +114,40 @@ def test_report_tables_and_html(setup):
 def test_md_to_html_minimal(tmp_path):
     html = md_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | **2** |\n\n- item `x`\n", tmp_path, "t")
     assert "<h1>T</h1>" in html and "<td><b>2</b></td>" in html and "<code>x</code>" in html
+
+
+def test_report_only_partial_and_publish(setup, tmp_path):
+    """load_done returns only finished cells; a partial report says so; publish copies report, figures and cell
+    records (no weights) and leaves other files in the destination alone."""
+    root, tmap = setup
+    cells = _tiny(quick_plan())
+    runner.run_plan(cells[:3], root / "r", tmap)  # two teachers + joint_sft; offpolicy and danceopd not run
+    recs = runner.load_done(cells, root / "r")
+    assert sorted(recs) == ["A/joint_sft/s0", "teacher/edit", "teacher/t2i"]
+    for r in recs.values():
+        if r["kind"] == "teacher":
+            r["model"] = tmap[f"world:{r['tags']['teacher']}"]
+    md = write_report(recs, root / "r", "t", "cmd", planned=len(cells)).read_text()
+    assert "Partial report: 3 of 5 cells finished" in md
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    (dest / "KEEP.txt").write_text("mine")
+    runner.publish(root / "r", dest)
+    assert (dest / "report.md").read_text() == md and (dest / "KEEP.txt").read_text() == "mine"
+    assert (dest / "figures" / "samples_A.png").exists()
+    pub = sorted(p.name for p in (dest / "cells").iterdir())
+    assert len(pub) == 3 and all(p.endswith(".json") for p in pub)
+    assert not list(dest.rglob("*.safetensors"))
+    full = write_report(runner.load_done(cells, root / "r") | recs, root / "r", "t", "cmd", planned=3)
+    assert "Partial report" not in full.read_text()
+
+
+def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
+    assert run_cli(["reproduce", "--preset", "nope", "--out", tmp_path / "o"]) == 2
+    assert "--preset must be quick or full" in capsys.readouterr().err
+    assert run_cli(["reproduce", "--report-only", "--force", "A/danceopd/s0", "--out", tmp_path / "o"]) == 2
+    assert "--report-only runs nothing" in capsys.readouterr().err
+    # report-only on an empty folder writes a partial report and runs nothing
+    assert run_cli(["reproduce", "--report-only", "--out", tmp_path / "o2"]) == 0
+    md = (tmp_path / "o2" / "report.md").read_text()
+    assert "Partial report: 0 of 5 cells finished" in md and not (tmp_path / "o2" / "cells").exists()
