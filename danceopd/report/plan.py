@@ -79,10 +79,12 @@ def quick_plan(seed: int = 0) -> list[Cell]:
     return cells
 
 
-# Training steps of the main cells of the full preset. The dense on-policy methods cost far more per step than
-# DanceOPD (measured, setting A, batch 32, 2 threads: see results/full/report.md, "s / step"), so to keep the full
-# preset inside its 6-hour budget they get fewer steps; the report prints every cell's steps next to its scores.
-FULL_STEPS = {"diffusionopd": 100, "flowopd": 200}
+# Training steps of the main cells of the full preset. The dense on-policy baselines cost far more per step than
+# DanceOPD: `python scripts/bench_distill.py --threads 2 --iters 3` (batch 32, 8 rollout steps, setting A) measured
+# DanceOPD 0.675 s, Flow-OPD 3.18 s (4.7x), DiffusionOPD 11.8 s (17.4x). To keep the full preset inside its 6-hour
+# budget they get the steps that cost about 2.5x DanceOPD's 400-step training time; the report prints every row's
+# steps and s/step next to its scores.
+FULL_STEPS = {"diffusionopd": 60, "flowopd": 200}
 FULL_DEFAULT_STEPS = 400
 # Main rows first (so an interrupted run has the comparison table earliest), cheap before expensive.
 FULL_ORDER = ("danceopd", "joint_sft", "offpolicy", "weight_merge", "soft_mix", "flowopd", "diffusionopd")
