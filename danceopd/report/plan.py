@@ -45,11 +45,25 @@ class Cell:
             path = CONFIG_DIR / self.config
             d["config_content"] = _resolve_includes(yaml.safe_load(path.read_text(encoding="utf-8")), path, 0)
         d["version"] = __version__
+        d["teachers"] = _shipped_shas(json.dumps(d, default=str))
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property
     def dirname(self) -> str:
         return self.id.replace("/", "__").replace("=", "-") + "--" + self.key()
+
+
+def _shipped_shas(text: str) -> dict[str, str | None]:
+    """sha256 (from the manifest) of every shipped ``world:<name>`` model a cell mentions, so a re-shipped teacher
+    makes every cell that depends on it a new cell."""
+    import re
+
+    from ..backends.registry import ASSET_DIR
+
+    path = ASSET_DIR / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    names = sorted(set(re.findall(r"world:([A-Za-z0-9_]+)", text)))
+    return {n: manifest.get(n, {}).get("sha256") for n in names}
 
 
 def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,

@@ -151,3 +151,21 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     assert run_cli(["reproduce", "--report-only", "--out", tmp_path / "o2"]) == 0
     md = (tmp_path / "o2" / "report.md").read_text()
     assert "Partial report: 0 of 5 cells finished" in md and not (tmp_path / "o2" / "cells").exists()
+
+
+def test_cell_key_follows_the_shipped_teacher_weights(tmp_path, monkeypatch):
+    """Re-shipping a teacher (new sha256 in the manifest) makes every cell that uses it a new cell."""
+    import danceopd.backends.registry as reg
+
+    def key_with(manifest):
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        return (Cell("A/danceopd/s0", "distill", config="A_danceopd.yaml").key(),
+                Cell("B/danceopd/s0", "distill", config="B_danceopd.yaml").key(),
+                Cell("teacher/t2i", "teacher", model="world:t2i").key())
+
+    monkeypatch.setattr(reg, "ASSET_DIR", tmp_path)
+    base = {n: {"sha256": n * 3} for n in ("t2i", "edit", "local_edit", "global_edit")}
+    a0, b0, t0 = key_with(base)
+    assert key_with(base) == (a0, b0, t0)
+    a1, b1, t1 = key_with({**base, "edit": {"sha256": "new"}})
+    assert a1 != a0 and b1 == b0 and t1 == t0
