@@ -42,6 +42,7 @@ def reproduce_cmd(
         teacher_map = train_teachers(out)
     cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
     for c in cells:
+        c.teacher_runs = dict(teacher_map)  # retrained teachers are different cells from the shipped ones
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
     run = (lambda cs: load_done(cs, out)) if report_only else (lambda cs: run_plan(cs, out, teacher_map, force))
@@ -49,6 +50,8 @@ def reproduce_cmd(
     planned = len(cells)
     if preset == "full":
         stage2 = full_plan_stage2({k: v["scores"] for k, v in recs.items()})
+        for c in stage2:
+            c.teacher_runs = dict(teacher_map)
         planned += len(stage2)
         recs.update(run(stage2))
     cmd = f"danceopd reproduce --preset {preset} --out {out} --seed {seed}" + (

@@ -33,10 +33,13 @@ class Cell:
     curve: list[int] = field(default_factory=list)   # training steps at which to evaluate (curves)
     curve_n: int | None = None
     tags: dict = field(default_factory=dict)
+    teacher_runs: dict = field(default_factory=dict)  # --retrain-teachers: {world:<name>: run folder}
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("tags")
+        if not d["teacher_runs"]:  # shipped teachers: identified by their sha256 below
+            d.pop("teacher_runs")
         if self.config:
             import yaml
 

@@ -169,3 +169,5 @@ def test_cell_key_follows_the_shipped_teacher_weights(tmp_path, monkeypatch):
     assert key_with(base) == (a0, b0, t0)
     a1, b1, t1 = key_with({**base, "edit": {"sha256": "new"}})
     assert a1 != a0 and b1 == b0 and t1 == t0
+    retrained = Cell("A/danceopd/s0", "distill", config="A_danceopd.yaml", teacher_runs={"world:edit": "runs/x"})
+    assert retrained.key() != a1
