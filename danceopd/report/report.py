@@ -159,13 +159,13 @@ def ablation_tables(recs, figdir: Path) -> str:
             extra = ""
             if name == "cfg":
                 beta = float(str(r["tags"]["value"]).split("_b")[1])
-                extra = f"{2 if beta != 1 else 1}"
+                extra = f"{2 if beta != 1 else 1} / {_sampling_ms(r.get('model'))}"
             rows.append([r["tags"]["value"], _fmt([_get(sc, "gedit", "avg", "o")]),
                          _fmt([_get(sc, "geneval", "overall")]), _fmt([q]), _fmt([r.get("sec_per_step")]), extra])
             xs.append(str(r["tags"]["value"]))
             ys.append(q)
         hdr = ["value", "GEdit avg O", "GenEval overall", "overall (0-10)", "s / step",
-               "forwards / sampling step" if name == "cfg" else ""]
+               "forwards per sampling step / ms per image (measured)" if name == "cfg" else ""]
         out.append(f"### {titles[name]}\n\n" + _table(hdr, rows))
         fig, ax = plt.subplots(figsize=(4, 2.6))
         ax.bar(xs, ys, color="#4477aa")
@@ -178,6 +178,25 @@ def ablation_tables(recs, figdir: Path) -> str:
         plt.close(fig)
         out.append(f"![{titles[name]}](figures/{p.name})")
     return "\n\n".join(out)
+
+
+def _sampling_ms(model: str | None, n: int = 32) -> str:
+    """Measured wall time per T2I image of ``model`` with its own sampler settings (steps, guidance scale)."""
+    import time
+
+    from ..backends.registry import load_backend
+
+    if not model:
+        return "—"
+    try:
+        be = load_backend(model)
+    except Exception:
+        return "—"
+    prompts = ["a red circle"] * n
+    be.sample(prompts[:2], None, seed=0)  # warm-up
+    t0 = time.perf_counter()
+    be.sample(prompts, None, seed=0)
+    return f"{(time.perf_counter() - t0) / n * 1000:.1f}"
 
 
 def curves_figure(recs, figdir: Path) -> str | None:

@@ -171,3 +171,19 @@ def test_cell_key_follows_the_shipped_teacher_weights(tmp_path, monkeypatch):
     assert a1 != a0 and b1 == b0 and t1 == t0
     retrained = Cell("A/danceopd/s0", "distill", config="A_danceopd.yaml", teacher_runs={"world:edit": "runs/x"})
     assert retrained.key() != a1
+
+
+def test_report_ablations_with_cfg_sampling_cost(setup):
+    """Ablation cells of the full plan become a table + plot each; the CFG grid row carries the forwards per
+    sampling step and a measured ms per image."""
+    import re
+
+    root, tmap = setup
+    plan = full_plan_stage1()
+    cells = [c for c in plan if c.tags.get("ablation") == "k"][:1] + [c for c in plan if c.tags.get("ablation") == "cfg"][:2]
+    recs = runner.run_plan(_tiny(cells), root / "r", tmap)
+    md = write_report(recs, root / "r", "t", "cmd").read_text()
+    assert "### CFG absorption" in md and "### Queries per rollout K" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| a1_b1 "))
+    assert re.search(r"\| 1 / \d+\.\d \|$", row), row
+    assert (root / "r" / "figures" / "ablation_cfg.png").exists()
