@@ -121,7 +121,7 @@ def table2(recs, setting) -> tuple[str, dict]:
         if rs:
             rows.append(row(METHOD_NAMES[m] + (f" (n={len(rs)} seeds)" if len(rs) > 1 else ""),
                             [r["scores"] for r in rs], [r.get("sec_per_step") for r in rs],
-                            [r.get("steps", "?") for r in rs]))
+                            [0 if m == "weight_merge" else r.get("steps", "?") for r in rs]))
             overall[m] = float(np.mean([overall_quality(r["scores"], setting) for r in rs]))
     md = _table(header, rows)
     if "danceopd" in overall and len(overall) > 1:

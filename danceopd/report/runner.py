@@ -90,7 +90,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)
         final = json.loads((run_dir / "final.json").read_text())
-        rec["steps"] = final_steps
+        rec["steps"] = final.get("steps", final_steps)  # 0 for weight_merge (no training)
         rec["sec_per_step"] = final.get("sec_per_step")
         rec["train_wall_time_s"] = final.get("wall_time_s")
         rec["scores"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, cell.seed)
