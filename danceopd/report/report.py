@@ -144,6 +144,8 @@ def ablation_tables(recs, figdir: Path) -> str:
         t = r.get("tags", {})
         if "ablation" in t and r.get("status") == "done":
             groups.setdefault(t["ablation"], []).append(r)
+            for name, value in t.get("also", []):  # one run that is a point of several ablations
+                groups.setdefault(name, []).append({**r, "tags": {**t, "ablation": name, "value": value}})
     titles = {"routing": "Hard vs soft routing", "query_bias": "Query bias", "k": "Queries per rollout K",
               "rollout_steps": "Rollout steps", "student_init": "Student initialization",
               "cfg": "CFG absorption (training α × inference β)"}

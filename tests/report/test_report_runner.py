@@ -48,6 +48,11 @@ def test_plan_cells_and_keys():
     full = full_plan_stage1()
     ids = [c.id for c in full]
     assert len(ids) == len(set(ids))
+    # no training is run twice: distinct cells differ in what they compute, not only in their name
+    what = [(c.config, tuple(c.overrides), c.eval_n, c.seed) for c in full if c.kind == "distill"]
+    assert len(what) == len(set(what))
+    default = next(c for c in full if c.tags.get("value") == "hard")
+    assert {a for a, _ in default.tags["also"]} == {"query_bias", "k", "rollout_steps", "student_init", "cfg"}
     assert {c.tags.get("ablation") for c in full} >= {"query_bias", "k", "rollout_steps", "student_init", "cfg",
                                                      "routing"}
     a, b = Cell("x", "distill", config="A_danceopd.yaml"), Cell("x", "distill", config="A_danceopd.yaml",
@@ -184,6 +189,12 @@ def test_report_ablations_with_cfg_sampling_cost(setup):
     recs = runner.run_plan(_tiny(cells), root / "r", tmap)
     md = write_report(recs, root / "r", "t", "cmd").read_text()
     assert "### CFG absorption" in md and "### Queries per rollout K" in md
+    # the default-config cell is also a point of the other ablations
+    recs2 = runner.run_plan(_tiny([c for c in full_plan_stage1() if c.tags.get("value") == "hard"]), root / "r2", tmap)
+    md2 = write_report(recs2, root / "r2", "t", "cmd").read_text()
+    for title in ("Hard vs soft routing", "Query bias", "Queries per rollout K", "Rollout steps",
+                  "Student initialization", "CFG absorption"):
+        assert f"### {title}" in md2, title
     row = next(ln for ln in md.splitlines() if ln.startswith("| a1_b1 "))
     assert re.search(r"\| 1 / \d+\.\d \|$", row), row
     assert (root / "r" / "figures" / "ablation_cfg.png").exists()
