@@ -14,7 +14,8 @@ from . import app
 
 @app.command("reproduce")
 def reproduce_cmd(
-    preset: str = typer.Option("quick", "--preset", help="quick (comparison table, setting A, ~10 min) | full."),
+    preset: str = typer.Option("quick", "--preset", help="quick (comparison table, setting A; ~3 min on 2 cores) | "
+                               "full (everything; ~3.5 h on 2 cores, resumable)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default runs/<preset>)."),
     seed: int = typer.Option(0, "--seed", help="Base random seed."),
     force: list[str] = typer.Option([], "--force", help="Redo one cell by id, e.g. A/danceopd/s0 (repeatable)."),
