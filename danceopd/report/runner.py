@@ -57,6 +57,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         shutil.rmtree(d)
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
     if rec and rec.get("status") == "done":
+        rec["tags"] = cell.tags  # labels are not part of the key: the plan's current labels win
         return rec
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
@@ -126,6 +127,7 @@ def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:
         if p.exists():
             rec = json.loads(p.read_text())
             if rec.get("status") == "done":
+                rec["tags"] = c.tags  # labels are not part of the key: the plan's current labels win
                 out[c.id] = rec
     return out
 

@@ -129,6 +129,10 @@ def test_report_only_partial_and_publish(setup, tmp_path):
     runner.run_plan(cells[:3], root / "r", tmap)  # two teachers + joint_sft; offpolicy and danceopd not run
     recs = runner.load_done(cells, root / "r")
     assert sorted(recs) == ["A/joint_sft/s0", "teacher/edit", "teacher/t2i"]
+    # labels are not part of a cell's key: a finished record picks up the plan's current tags
+    p = root / "r" / "cells" / cells[2].dirname / "cell.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "tags": {"old": 1}}))
+    assert runner.load_done(cells, root / "r")["A/joint_sft/s0"]["tags"] == cells[2].tags
     for r in recs.values():
         if r["kind"] == "teacher":
             r["model"] = tmap[f"world:{r['tags']['teacher']}"]
