@@ -38,9 +38,7 @@ def reproduce_cmd(
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    teacher_map = {}
-    if retrain_teachers:
-        teacher_map = train_teachers(out)
+    teacher_map = train_teachers(out) if retrain_teachers else {}
     cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
     for c in cells:
         c.teacher_runs = dict(teacher_map)  # retrained teachers are different cells from the shipped ones

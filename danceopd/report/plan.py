@@ -102,7 +102,6 @@ def quick_plan(seed: int = 0) -> list[Cell]:
 # budget they get the steps that cost about 2.5x DanceOPD's 400-step training time; the report prints every row's
 # steps and s/step next to its scores.
 FULL_STEPS = {"diffusionopd": 60, "flowopd": 200}
-FULL_DEFAULT_STEPS = 400
 # Main rows first (so an interrupted run has the comparison table earliest), cheap before expensive.
 FULL_ORDER = ("danceopd", "joint_sft", "offpolicy", "weight_merge", "soft_mix", "flowopd", "diffusionopd")
 ABLATION_STEPS = 200

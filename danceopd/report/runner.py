@@ -55,10 +55,10 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         import shutil
 
         shutil.rmtree(d)
+    done = _read_done(cell, root)
+    if done:
+        return done
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    if rec and rec.get("status") == "done":
-        rec["tags"] = cell.tags  # labels are not part of the key: the plan's current labels win
-        return rec
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
                   "git_sha": git_sha(), "machine": machine(), "wall_time_s": 0.0}
@@ -121,15 +121,17 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
 
 def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:
     """Records of the cells of ``cells`` that have finished under ``root`` (nothing is run)."""
-    out = {}
-    for c in cells:
-        p = root / "cells" / c.dirname / "cell.json"
-        if p.exists():
-            rec = json.loads(p.read_text())
-            if rec.get("status") == "done":
-                rec["tags"] = c.tags  # labels are not part of the key: the plan's current labels win
-                out[c.id] = rec
-    return out
+    return {c.id: rec for c in cells if (rec := _read_done(c, root))}
+
+
+def _read_done(cell: Cell, root: Path) -> dict | None:
+    """The record of ``cell`` if it has finished under ``root``, else None."""
+    p = root / "cells" / cell.dirname / "cell.json"
+    rec = json.loads(p.read_text()) if p.exists() else None
+    if not rec or rec.get("status") != "done":
+        return None
+    rec["tags"] = cell.tags  # labels are not part of the key: the plan's current labels win
+    return rec
 
 
 def publish(root: Path, dest: Path) -> None:
