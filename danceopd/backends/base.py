@@ -35,29 +35,41 @@ class Backend(Protocol):
 
 
 def guided_field(backend, prompts: list[str], sources, s_txt: float, s_img: float):
-    """Classifier-free-guided velocity field ``(x_t, t) -> v`` of any backend whose conditions ``cat``, with one
-    batched forward per call. T2I: ``v_u + s_txt (v_c - v_u)``; edit (InstructPix2Pix-style):
-    ``v_u + s_img (v_img - v_u) + s_txt (v_c - v_img)`` (v_img: source, empty prompt; v_u: neither); with
-    ``s_img = 1`` the v_u pass is skipped, with no guidance at all a single pass remains."""
+    """Classifier-free-guided velocity field ``(x_t, t, rows=None) -> v`` of any backend whose conditions ``cat``
+    and ``select``, with one batched forward per call. T2I: ``v_u + s_txt (v_c - v_u)``; edit
+    (InstructPix2Pix-style): ``v_u + s_img (v_img - v_u) + s_txt (v_c - v_img)`` (v_img: source, empty prompt;
+    v_u: neither); with ``s_img = 1`` the v_u pass is skipped, with no guidance at all a single pass remains.
+    ``rows`` (``LongTensor[B']``) evaluates only those rows of the batch (``x_t`` then has ``B'`` rows), as the
+    per-row truncated rollout (:func:`danceopd.core.rollout_to_queries`) does."""
     from ..core.cfg import cfg_combine, cfg_combine_edit
 
     B = len(prompts)
     cond = backend.encode(prompts, sources)
+
+    def pick(c, rows):
+        return c if rows is None else c.select(rows)
+
     if s_txt == 1.0 and (sources is None or s_img == 1.0):
-        return lambda x, t: backend.velocity(x, t, cond)
+        def field1(x, t, rows=None):
+            return backend.velocity(x, t, pick(cond, rows))
+
+        return field1
     empty = backend.encode([""] * B, sources)
     if sources is None or s_img == 1.0:
         both = cond.cat(empty)
 
-        def field(x, t):
-            v_c, v_u = backend.velocity(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        def field(x, t, rows=None):
+            c = both if rows is None else cond.select(rows).cat(empty.select(rows))
+            v_c, v_u = backend.velocity(torch.cat([x, x]), torch.cat([t, t]), c).chunk(2)
             return cfg_combine(v_c, v_u, s_txt)
 
         return field
-    allc = cond.cat(empty).cat(backend.encode([""] * B, None))
+    none = backend.encode([""] * B, None)
+    allc = cond.cat(empty).cat(none)
 
-    def field3(x, t):
-        v_c, v_i, v_u = backend.velocity(torch.cat([x, x, x]), torch.cat([t, t, t]), allc).chunk(3)
+    def field3(x, t, rows=None):
+        c = allc if rows is None else cond.select(rows).cat(empty.select(rows)).cat(none.select(rows))
+        v_c, v_i, v_u = backend.velocity(torch.cat([x, x, x]), torch.cat([t, t, t]), c).chunk(3)
         return cfg_combine_edit(v_c, v_i, v_u, s_txt, s_img)
 
     return field3

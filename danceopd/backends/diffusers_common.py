@@ -274,6 +274,16 @@ class Shared:
 
 
 # ---- conditions --------------------------------------------------------------------------------------------------
+def _select_any(a, rows: torch.Tensor):
+    if isinstance(a, torch.Tensor):
+        return a[rows.to(a.device)]
+    if isinstance(a, list):
+        return [a[i] for i in rows.tolist()]
+    if isinstance(a, dict):
+        return {k: _select_any(v, rows) for k, v in a.items()}
+    raise TypeError(type(a))
+
+
 def _cat_any(a, b):
     if isinstance(a, torch.Tensor):
         return torch.cat([a, b])
@@ -310,6 +320,13 @@ class DCond:
 
         (s1, m1), (s2, m2) = fill(self), fill(other)
         return DCond(text, torch.cat([s1, s2]), torch.cat([m1, m2]))
+
+    def select(self, rows: torch.Tensor) -> DCond:
+        """The conditions of ``rows`` (``LongTensor[B']`` of batch indices), in that order."""
+        text = {k: _select_any(v, rows) for k, v in self.text.items()}
+        if self.source is None:
+            return DCond(text, None, None)
+        return DCond(text, _select_any(self.source, rows), _select_any(self.source_mask, rows))
 
 
 # ---- the backend ---------------------------------------------------------------------------------------------------

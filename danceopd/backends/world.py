@@ -58,6 +58,13 @@ class Cond:
         (s1, m1), (s2, m2) = fill(self, n1), fill(other, n2)
         return Cond(text, torch.cat([s1, s2]), torch.cat([m1, m2]))
 
+    def select(self, rows: torch.Tensor) -> Cond:
+        """The conditions of ``rows`` (``LongTensor[B']`` of batch indices), in that order."""
+        def pick(a):
+            return None if a is None else a[rows.to(a.device)]
+
+        return Cond(tuple(pick(a) for a in self.text), pick(self.source), pick(self.source_mask))
+
 
 def images_to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""

@@ -39,7 +39,7 @@ from .query import (
     sample_query_u,
     u_to_index,
 )
-from .rollout import RolloutStates, full_rollout, rollout_to_queries, sde_rollout
+from .rollout import RolloutStates, accepts_rows, full_rollout, rollout_to_queries, sde_rollout
 from .routes import ROUTE_MODES, Route, RouteSampler
 from .sde import gaussian_log_prob, sde_sigma, sde_step, sde_transition
 
@@ -72,6 +72,7 @@ __all__ = [
     "ppo_clip_loss",
     "query_bias_mean",
     "query_bias_pdf",
+    "accepts_rows",
     "rollout_to_queries",
     "sample_query_indices",
     "sample_query_u",

@@ -7,6 +7,7 @@ saved for backward). State ``i`` is ``x^(i)`` at ``timesteps[i]``; ``x^(0)`` is 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,16 @@ class RolloutStates:
         x_q: states ``[B, K, ...]``; ``x_q[b, j]`` is ``x^(query_idx[b, j])`` of row ``b``.
         t_q: their times ``[B, K]`` (``timesteps[query_idx]``).
         t_next: the next grid times ``[B, K]`` (``timesteps[query_idx + 1]``), e.g. for step sizes.
-        n_forward: number of field evaluations spent (``= query_idx.max()``).
+        n_forward: number of (batched) field calls spent (``= query_idx.max()``).
+        row_evals: number of per-row velocity evaluations spent (``B * query_idx.max()`` when the whole batch
+            steps together, ``sum_b max_j query_idx[b, j]`` with ``per_row=True``).
     """
 
     x_q: Tensor
     t_q: Tensor
     t_next: Tensor
     n_forward: int
+    row_evals: int = 0
 
 
 def _check_grid(timesteps: Tensor) -> int:
@@ -41,21 +45,34 @@ def _check_grid(timesteps: Tensor) -> int:
     return timesteps.numel() - 1
 
 
+def accepts_rows(field: VelocityField) -> bool:
+    """Whether ``field`` takes a ``rows=`` keyword (so :func:`rollout_to_queries` can use ``per_row=True``)."""
+    try:
+        return "rows" in inspect.signature(field).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.no_grad()
 def rollout_to_queries(
-    field: VelocityField, noise: Tensor, timesteps: Tensor, query_idx: Tensor
+    field: VelocityField, noise: Tensor, timesteps: Tensor, query_idx: Tensor, per_row: bool = False
 ) -> RolloutStates:
     """Run the student's Euler ODE from ``noise`` only as deep as needed and keep only the queried states.
 
-    The batch is stepped together; it stops after ``m = query_idx.max()`` steps (the deepest query in the
-    batch), so exactly ``m`` field evaluations are made. Rows whose queries are shallower keep stepping
-    along with the batch (their extra states are discarded). Only ``K`` states per row are kept.
+    The batch stops after ``m = query_idx.max()`` steps (the deepest query in the batch), so exactly ``m``
+    batched field calls are made, and only ``K`` states per row are kept. By default every row steps with the
+    batch until ``m`` (the extra states of rows with shallower queries are discarded). With ``per_row=True`` a
+    row leaves the batch once its own deepest query is reached, so row ``b`` costs ``max_j query_idx[b, j]``
+    evaluations instead of ``m``; ``field`` must then accept ``field(x [B'], t [B'], rows=LongTensor[B'])``
+    (the batch rows being evaluated, e.g. :func:`danceopd.backends.base.guided_field`). Both modes give the
+    same states up to floating-point differences between batch sizes.
 
     Args:
         field: student velocity field (called as ``field(x [B, ...], t [B])``).
         noise: ``x^(0)`` ``[B, ...]``.
         timesteps: descending grid ``[n + 1]``.
         query_idx: ``LongTensor[B, K]`` with values in ``0 .. n-1``.
+        per_row: drop rows from the batch once their deepest query is reached.
 
     Returns:
         :class:`RolloutStates` (no autograd graph).
@@ -76,15 +93,29 @@ def rollout_to_queries(
         raise ValueError(f"query indices must lie in [0, {n_steps - 1}], got range [{lo}, {hi}]")
 
     batch, k = query_idx.shape
+    depth = query_idx.max(dim=1).values                              # [B] steps each row needs
     x_q = torch.empty((batch, k, *noise.shape[1:]), dtype=noise.dtype, device=noise.device)
-    x = noise
+    x = noise.clone() if per_row else noise
+    row_evals = 0
     for i in range(hi + 1):
         rows, cols = torch.nonzero(query_idx == i, as_tuple=True)
         if rows.numel() > 0:
             x_q[rows, cols] = x[rows]
-        if i < hi:
+        if i == hi:
+            break
+        if not per_row:
             x = euler_step(field, x, timesteps[i], timesteps[i + 1])
-    return RolloutStates(x_q=x_q, t_q=timesteps[query_idx], t_next=timesteps[query_idx + 1], n_forward=hi)
+            row_evals += batch
+            continue
+        active = torch.nonzero(depth > i, as_tuple=True)[0]
+        if active.numel() == batch:
+            x = euler_step(lambda x_t, t: field(x_t, t, rows=None), x, timesteps[i], timesteps[i + 1])
+        else:
+            x[active] = euler_step(lambda x_t, t, a=active: field(x_t, t, rows=a), x[active], timesteps[i],
+                                   timesteps[i + 1])
+        row_evals += active.numel()
+    return RolloutStates(x_q=x_q, t_q=timesteps[query_idx], t_next=timesteps[query_idx + 1], n_forward=hi,
+                         row_evals=row_evals)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import danceopd.core as core
 
-ALLOWED = {"__future__", "torch", "numpy", "math", "dataclasses", "typing"}
+ALLOWED = {"__future__", "torch", "numpy", "math", "dataclasses", "typing", "inspect"}
 CORE_DIR = Path(core.__file__).parent
 
 

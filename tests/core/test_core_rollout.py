@@ -3,6 +3,7 @@ import torch
 
 from danceopd.core import (
     RolloutStates,
+    accepts_rows,
     full_rollout,
     gaussian_log_prob,
     ode_sample,
@@ -53,6 +54,44 @@ def test_rollout_to_queries_matches_full_rollout_exactly():
     # exactly max(query_idx) batched forward passes, no wasted steps
     assert out.n_forward == 5 == field.calls
     assert field.batch_sizes == [4] * 5
+
+
+class RowField(CountingField):
+    """The same field, evaluated on a subset of the batch rows (records which)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def __call__(self, x_t, t, rows=None):
+        self.rows.append(None if rows is None else rows.tolist())
+        return super().__call__(x_t, t)
+
+
+def test_per_row_rollout_drops_rows_at_their_deepest_query_and_keeps_the_states():
+    n = 8
+    grid = timesteps(n, 3.0)
+    noise = _noise()
+    noise_copy = noise.clone()
+    query_idx = torch.tensor([[0, 2], [3, 3], [1, 5], [2, 4]])      # deepest per row: 2, 3, 5, 4
+    field = RowField()
+    out = rollout_to_queries(field, noise, grid, query_idx, per_row=True)
+    states, _ = full_rollout(CountingField(), noise, grid)
+    for b in range(4):
+        for j in range(2):
+            torch.testing.assert_close(out.x_q[b, j], states[query_idx[b, j].item(), b], rtol=1e-6, atol=1e-6)
+    assert torch.equal(noise, noise_copy)                              # the caller's noise is not written to
+    # steps 0, 1: all rows; step 2: rows 1-3; step 3: rows 2, 3; step 4: row 2 only
+    assert field.rows == [None, None, [1, 2, 3], [2, 3], [2]]
+    assert field.batch_sizes == [4, 4, 3, 2, 1]
+    assert out.n_forward == 5 and out.row_evals == 2 + 3 + 5 + 4 == sum(field.batch_sizes)
+    whole = rollout_to_queries(CountingField(), noise, grid, query_idx)
+    assert whole.row_evals == 4 * 5
+
+
+def test_accepts_rows():
+    assert accepts_rows(RowField()) and not accepts_rows(CountingField())
+    assert accepts_rows(lambda x, t, rows=None: x) and not accepts_rows(lambda x, t: x)
 
 
 def test_rollout_with_only_initial_queries_needs_no_forward():

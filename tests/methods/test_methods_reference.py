@@ -75,8 +75,12 @@ class FakeStudent:
     def guided_field(self, prompts, sources=None, text_scale=1.0, image_scale=1.0):
         c, u = self.encode(prompts, sources), self.encode([""] * len(prompts), sources)
 
-        def field(x, t):
-            v_c, v_u = self.velocity(x, t, c), self.velocity(x, t, u)
+        def pick(cond, rows):
+            e, s = cond
+            return cond if rows is None else (e[rows], None if s is None else s[rows])
+
+        def field(x, t, rows=None):
+            v_c, v_u = self.velocity(x, t, pick(c, rows)), self.velocity(x, t, pick(u, rows))
             return v_u + text_scale * (v_c - v_u)
 
         return field

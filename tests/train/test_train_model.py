@@ -94,3 +94,21 @@ def test_sampling_deterministic_and_in_range():
     a = be.sample(["a red circle", "three stars"], seed=3, steps=3)
     b = be.sample(["a red circle", "three stars"], seed=3, steps=3)
     assert a.dtype == np.uint8 and a.shape == (2, 32, 32, 3) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("edit,scales", [(False, (1.0, 1.0)), (False, (3.0, 1.0)), (True, (2.0, 1.0)),
+                                         (True, (2.0, 1.5))])
+def test_guided_field_rows_evaluates_the_selected_rows(edit, scales):
+    """``rows=`` (the per-row truncated rollout) gives those rows of the full-batch field, in that order."""
+    net = _randomize(tiny(edit=edit)).eval()
+    be = WorldBackend(net, TOK)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(4, 3, 32, 32, generator=g), torch.rand(4, generator=g)
+    src = torch.rand(4, 3, 32, 32, generator=g) if edit else None
+    prompts = ["a red circle", "two stars", "", "a blue square left of a star"]
+    field = be.guided_field(prompts, src, text_scale=scales[0], image_scale=scales[1])
+    rows = torch.tensor([3, 1])
+    with torch.no_grad():
+        full = field(x, t)
+        sub = field(x[rows], t[rows], rows=rows)
+    torch.testing.assert_close(sub, full[rows], rtol=1e-4, atol=1e-5)
