@@ -27,24 +27,25 @@ def reproduce_cmd(
                                      "cell's record (no weights) to this folder, e.g. results/full."),
 ):
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
-    from ..report.plan import full_plan_stage1, full_plan_stage2, quick_plan
+    from ..report.plan import full_plan_stage1, full_plan_stage2, quick_plan, stage2_candidate_ids
     from ..report.report import write_report
-    from ..report.runner import load_done, publish, run_plan, train_teachers
+    from ..report.runner import check_force, load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
     if report_only and (force or retrain_teachers):
         raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
+    cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
+    check_force(force, {c.id for c in cells} | (stage2_candidate_ids() if preset == "full" else set()))
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     teacher_map = train_teachers(out) if retrain_teachers else {}
-    cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
     for c in cells:
         c.teacher_runs = dict(teacher_map)  # retrained teachers are different cells from the shipped ones
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
-    run = (lambda cs: load_done(cs, out)) if report_only else (lambda cs: run_plan(cs, out, teacher_map, force))
+    run = (lambda cs: load_done(cs, out)) if report_only else (lambda cs: run_plan(cs, out, teacher_map, force, check=False))
     recs = run(cells)
     planned = len(cells)
     if preset == "full":

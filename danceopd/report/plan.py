@@ -165,6 +165,12 @@ def full_plan_stage2(scores: dict[str, dict], seeds=(1, 2)) -> list[Cell]:
     return cells
 
 
+def stage2_candidate_ids(seeds=(1, 2)) -> set[str]:
+    """Ids of every cell :func:`full_plan_stage2` could plan (which ones depends on the seed-0 scores)."""
+    return {_distill(s, m, seed, steps=FULL_STEPS.get(m)).id for s in ("A", "B") for m in METHODS_ALL
+            for seed in seeds}
+
+
 def overall_quality(scores: dict, setting: str) -> float:
     """One 0-10 number per model: setting A = mean of 10 x GenEval overall and GEdit average O; setting B = GEdit
     average O. Used to rank baselines and as the comparison table's overall column."""

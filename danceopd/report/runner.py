@@ -102,12 +102,19 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     return rec
 
 
-def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None = None, force: list[str] = (),
-             log=print) -> dict[str, dict]:
-    ids = {c.id for c in cells}
+def check_force(force, ids) -> None:
+    """Every ``--force`` id must name a cell of the plan (checked before any work starts)."""
     for f in force:
         if f not in ids:
             raise UserError(f"--force {f!r}: no such cell; cells: {', '.join(sorted(ids))}")
+
+
+def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None = None, force: list[str] = (),
+             log=print, check: bool = True) -> dict[str, dict]:
+    """Run (or reuse) every cell; ``force`` ids are redone. ``check=False`` skips the ``--force`` check (the
+    caller checked the ids against all stages; a stage redoes only its own forced cells)."""
+    if check:
+        check_force(force, {c.id for c in cells})
     out = {}
     from tqdm import tqdm
 

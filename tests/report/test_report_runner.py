@@ -8,7 +8,14 @@ from tinycfg import make_tiny_teachers
 
 from danceopd.errors import UserError
 from danceopd.report import runner
-from danceopd.report.plan import Cell, full_plan_stage1, full_plan_stage2, overall_quality, quick_plan
+from danceopd.report.plan import (
+    Cell,
+    full_plan_stage1,
+    full_plan_stage2,
+    overall_quality,
+    quick_plan,
+    stage2_candidate_ids,
+)
 from danceopd.report.report import md_to_html, write_report
 
 
@@ -160,6 +167,20 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     assert run_cli(["reproduce", "--report-only", "--out", tmp_path / "o2"]) == 0
     md = (tmp_path / "o2" / "report.md").read_text()
     assert "Partial report: 0 of 5 cells finished" in md and not (tmp_path / "o2" / "cells").exists()
+    # an unknown --force id fails before anything is created
+    assert run_cli(["reproduce", "--preset", "full", "--force", "A/nope/s0", "--out", tmp_path / "o3"]) == 2
+    assert "no such cell" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_force_ids_cover_both_full_stages():
+    """A stage-1 cell forced in the full preset must not make stage 2 fail (it used to, after stage 1 had run)."""
+    ids = {c.id for c in full_plan_stage1(0)} | stage2_candidate_ids()
+    runner.check_force(["A/flowopd/s0", "B/danceopd/s2", "A/soft_mix/s1"], ids)
+    with pytest.raises(UserError, match="no such cell"):
+        runner.check_force(["A/flowopd/s3"], ids)
+    stage2 = full_plan_stage2({f"{s}/{m}/s0": {"gedit": {"avg": {"o": 1.0}}} for s in "AB"
+                               for m in ("joint_sft", "offpolicy")})
+    assert {c.id for c in stage2} <= stage2_candidate_ids()
 
 
 def test_cell_key_follows_the_shipped_teacher_weights(tmp_path, monkeypatch):
