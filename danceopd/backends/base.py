@@ -13,6 +13,7 @@ The training engines (SFT and distillation) and the evaluation harness talk to m
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -44,32 +45,23 @@ def guided_field(backend, prompts: list[str], sources, s_txt: float, s_img: floa
     from ..core.cfg import cfg_combine, cfg_combine_edit
 
     B = len(prompts)
-    cond = backend.encode(prompts, sources)
+    parts = [backend.encode(prompts, sources)]                   # cond
+    if s_txt != 1.0 or (sources is not None and s_img != 1.0):
+        parts.append(backend.encode([""] * B, sources))          # empty prompt (with the source, if any)
+    if sources is not None and s_img != 1.0:
+        parts.append(backend.encode([""] * B, None))             # neither
+    full = functools.reduce(lambda a, b: a.cat(b), parts)
+    n = len(parts)
 
-    def pick(c, rows):
-        return c if rows is None else c.select(rows)
+    def conds(rows):
+        return full if rows is None else functools.reduce(lambda a, b: a.cat(b), [p.select(rows) for p in parts])
 
-    if s_txt == 1.0 and (sources is None or s_img == 1.0):
-        def field1(x, t, rows=None):
-            return backend.velocity(x, t, pick(cond, rows))
+    def field(x, t, rows=None):
+        if n == 1:
+            return backend.velocity(x, t, conds(rows))
+        v = backend.velocity(torch.cat([x] * n), torch.cat([t] * n), conds(rows))
+        if n == 2:
+            return cfg_combine(*v.chunk(2), s_txt)
+        return cfg_combine_edit(*v.chunk(3), s_txt, s_img)
 
-        return field1
-    empty = backend.encode([""] * B, sources)
-    if sources is None or s_img == 1.0:
-        both = cond.cat(empty)
-
-        def field(x, t, rows=None):
-            c = both if rows is None else cond.select(rows).cat(empty.select(rows))
-            v_c, v_u = backend.velocity(torch.cat([x, x]), torch.cat([t, t]), c).chunk(2)
-            return cfg_combine(v_c, v_u, s_txt)
-
-        return field
-    none = backend.encode([""] * B, None)
-    allc = cond.cat(empty).cat(none)
-
-    def field3(x, t, rows=None):
-        c = allc if rows is None else cond.select(rows).cat(empty.select(rows)).cat(none.select(rows))
-        v_c, v_i, v_u = backend.velocity(torch.cat([x, x, x]), torch.cat([t, t, t]), c).chunk(3)
-        return cfg_combine_edit(v_c, v_i, v_u, s_txt, s_img)
-
-    return field3
+    return field

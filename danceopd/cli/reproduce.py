@@ -15,7 +15,7 @@ from . import app
 @app.command("reproduce")
 def reproduce_cmd(
     preset: str = typer.Option("quick", "--preset", help="quick (comparison table, setting A; ~3 min on 2 cores) | "
-                               "full (everything; ~3.5 h on 2 cores, resumable)."),
+                               "full (everything; ~3.2 h on 2 cores, resumable)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default runs/<preset>)."),
     seed: int = typer.Option(0, "--seed", help="Base random seed."),
     force: list[str] = typer.Option([], "--force", help="Redo one cell by id, e.g. A/danceopd/s0 (repeatable)."),
@@ -45,7 +45,12 @@ def reproduce_cmd(
         c.teacher_runs = dict(teacher_map)  # retrained teachers are different cells from the shipped ones
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
-    run = (lambda cs: load_done(cs, out)) if report_only else (lambda cs: run_plan(cs, out, teacher_map, force, check=False))
+    if report_only:
+        def run(cs):
+            return load_done(cs, out)
+    else:
+        def run(cs):  # the --force ids were checked above against both stages
+            return run_plan(cs, out, teacher_map, force, check=False)
     recs = run(cells)
     planned = len(cells)
     if preset == "full":

@@ -3,8 +3,9 @@
 * :func:`velocity_mse`: plain velocity matching at queried states (DanceOPD, CFG absorption).
 * :func:`dense_ode_kl`: trajectory-level KL of Euler kernels summed over all steps (DiffusionOPD-style).
 * :func:`transition_kl`, :func:`kl_reward`, :func:`group_advantages`, :func:`ppo_clip_loss`: Flow-OPD,
-  which treats the negative per-step KL to the teacher's SDE transition as a reward and optimizes it
-  with a clipped policy-gradient objective.
+  which rewards each SDE transition with the sampled teacher/student log-ratio (whose expectation is
+  ``kl_reward``, minus the per-step KL to the teacher's transition) and optimizes it with a clipped
+  policy-gradient objective (``danceopd.methods.flowopd``).
 * :func:`binned_loss`: per-``t``-bin diagnostic of a per-sample loss.
 """
 

@@ -103,17 +103,14 @@ def rollout_to_queries(
             x_q[rows, cols] = x[rows]
         if i == hi:
             break
-        if not per_row:
+        active = torch.nonzero(depth > i, as_tuple=True)[0] if per_row else None
+        if active is None or active.numel() == batch:
             x = euler_step(field, x, timesteps[i], timesteps[i + 1])
             row_evals += batch
-            continue
-        active = torch.nonzero(depth > i, as_tuple=True)[0]
-        if active.numel() == batch:
-            x = euler_step(lambda x_t, t: field(x_t, t, rows=None), x, timesteps[i], timesteps[i + 1])
         else:
             x[active] = euler_step(lambda x_t, t, a=active: field(x_t, t, rows=a), x[active], timesteps[i],
                                    timesteps[i + 1])
-        row_evals += active.numel()
+            row_evals += active.numel()
     return RolloutStates(x_q=x_q, t_q=timesteps[query_idx], t_next=timesteps[query_idx + 1], n_forward=hi,
                          row_evals=row_evals)
 
