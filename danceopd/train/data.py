@@ -25,8 +25,9 @@ class Batch:
 
 
 class WorldData:
-    def __init__(self, bucket: str, seed: int, resolution: int = 32):
-        self.stream = WorldStream(DEFAULT_WORLD.with_resolution(resolution), bucket, seed)
+    def __init__(self, bucket: str, seed: int, resolution: int = 32, category_weights: dict | None = None):
+        self.stream = WorldStream(DEFAULT_WORLD.with_resolution(resolution), bucket, seed,
+                                  category_weights=category_weights)
 
     def next(self, n: int) -> Batch:
         b = self.stream.batch(n)
@@ -71,5 +72,10 @@ class CsvData:
         self.rng.bit_generator.state = s["bit_generator"]
 
 
-def make_data(bucket: str, csv: str | None, seed: int, resolution: int | None):
-    return CsvData(csv, bucket, seed, resolution) if csv else WorldData(bucket, seed, resolution or 32)
+def make_data(bucket: str, csv: str | None, seed: int, resolution: int | None, category_weights: dict | None = None):
+    """``category_weights`` (relative, per raw task of ``bucket``) apply to the world stream only."""
+    if csv:
+        if category_weights:
+            raise ValueError("data.category_weights applies to the world stream, not to a CSV dataset")
+        return CsvData(csv, bucket, seed, resolution)
+    return WorldData(bucket, seed, resolution or 32, category_weights)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..backends.world import SamplingConfig, WorldBackend, save_world_model
-from ..backends.world_model import WorldNetConfig, WorldUNet, widen_for_editing
+from ..backends.world_model import WorldNetConfig, WorldUNet, grow, widen_for_editing
 from ..core.flow import interpolate, sample_t, velocity_target
 from ..errors import UserError
-from ..world.sampler import BUCKETS
+from ..world.sampler import BUCKETS, category_probs
 from ..world.text import WorldTokenizer
 from .checkpoint import latest_good, load_checkpoint, write_json_atomic
 from .common import (
@@ -46,13 +46,35 @@ from .data import make_data
 class ModelSection:
     channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     attn_levels: list[int] = field(default_factory=lambda: [1, 2])
+    self_attn_levels: list[int] | None = None  # None: pixel self-attention at the lowest level only
     text_dim: int = 64
     text_layers: int = 2
+    text_conv_layers: int = 0  # 1-D conv blocks (kernel 5) over the tokens before the transformer layers
     emb_dim: int = 128
 
     def validate(self):
         if not self.channels or any(c < 8 or c % 8 for c in self.channels):
             raise ValueError("model.channels must be multiples of 8")
+        if self.text_conv_layers < 0 or self.text_layers < 0:
+            raise ValueError("model.text_layers and model.text_conv_layers must be >= 0")
+        n = len(self.channels)
+        for k in ("attn_levels", "self_attn_levels"):
+            if any(not 0 <= i < n for i in getattr(self, k) or ()):
+                raise ValueError(f"model.{k} must be levels in 0..{n - 1}")
+
+
+@dataclass
+class GrowSection:
+    """Add attention to the ``init`` model (zero-initialized outputs: the grown model equals its parent at step 0).
+    None keeps the parent's setting."""
+
+    attn_levels: list[int] | None = None
+    self_attn_levels: list[int] | None = None
+    text_layers: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.attn_levels, self.self_attn_levels, self.text_layers))
 
 
 @dataclass
@@ -62,10 +84,19 @@ class DataSection:
     resolution: int = 32
     text_dropout: float = 0.1
     source_dropout: float = 0.05
+    # relative sampling weight per category of the bucket (unnamed ones weigh 1); {} = uniform
+    category_weights: dict[str, float] = field(default_factory=dict)
 
     def validate(self):
         if self.bucket not in BUCKETS:
             raise ValueError(f"data.bucket must be one of {', '.join(BUCKETS)}, got {self.bucket!r}")
+        if self.category_weights:
+            if self.csv:
+                raise ValueError("data.category_weights applies to the world stream; remove it or data.csv")
+            try:
+                category_probs(self.bucket, self.category_weights)
+            except ValueError as e:
+                raise ValueError(f"data.{e}") from None
         if self.resolution not in (32, 64):
             raise ValueError(f"data.resolution must be 32 or 64, got {self.resolution}")
         for k in ("text_dropout", "source_dropout"):
@@ -143,6 +174,7 @@ class SFTConfig:
     name: str = "t2i"
     init: str | None = None          # start weights: None = fresh, world:<name>, a .safetensors or a run folder
     widen_for_editing: bool = False  # add zero-initialized source-image channels to the init model
+    grow: GrowSection = field(default_factory=GrowSection)  # add attention to the init model (zero-initialized)
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -154,6 +186,8 @@ class SFTConfig:
     def validate(self):
         if self.init is None and self.widen_for_editing:
             raise ValueError("widen_for_editing needs an init model")
+        if self.init is None and self.grow.active:
+            raise ValueError("grow needs an init model (for a fresh model set the model section instead)")
 
 
 SAMPLE_PROMPTS = [
@@ -171,6 +205,12 @@ def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
         net, tok = be.net, be.tokenizer
         for p in net.parameters():
             p.requires_grad_(True)
+        if cfg.grow.active:
+            g = cfg.grow
+            try:
+                net = grow(net, g.attn_levels, g.self_attn_levels, g.text_layers)
+            except ValueError as e:
+                raise UserError(f"init {cfg.init!r}: {e}") from None
         if cfg.widen_for_editing:
             net = widen_for_editing(net)
         elif cfg.data.bucket != "t2i" and not net.cfg.edit:
@@ -180,6 +220,8 @@ def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
     m = cfg.model
     net_cfg = WorldNetConfig(vocab_size=tok.vocab_size, max_len=tok.max_len, channels=tuple(m.channels),
                              attn_levels=tuple(m.attn_levels), text_dim=m.text_dim, text_layers=m.text_layers,
+                             self_attn_levels=None if m.self_attn_levels is None else tuple(m.self_attn_levels),
+                             text_conv_layers=m.text_conv_layers,
                              emb_dim=m.emb_dim, edit=cfg.data.bucket != "t2i")
     return WorldUNet(net_cfg), tok
 
@@ -221,7 +263,8 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
     model, opt, sched = accelerator.prepare(net, opt, sched)
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     ema = EMA(named, cfg.train.ema_decay)
-    data = make_data(cfg.data.bucket, cfg.data.csv, data_seed + accelerator.process_index, cfg.data.resolution)
+    data = make_data(cfg.data.bucket, cfg.data.csv, data_seed + accelerator.process_index, cfg.data.resolution,
+                     cfg.data.category_weights)
     backend = WorldBackend(model, tok, cfg.data.resolution, cfg.sampling)
 
     step, wall = 0, 0.0

@@ -101,14 +101,33 @@ class WorldBatch:
     examples: list[Example]
 
 
+def category_probs(bucket: str, weights: dict[str, float]) -> np.ndarray:
+    """Per-category probabilities of ``bucket`` from relative ``weights`` (unnamed categories weigh 1)."""
+    cats = BUCKETS.get(bucket)
+    if cats is None:
+        raise ValueError(f"unknown bucket {bucket!r}; expected one of {tuple(BUCKETS)}")
+    for k, v in weights.items():
+        if k not in cats:
+            raise ValueError(f"category weight {k!r} is not a category of bucket {bucket!r}; expected one of {cats}")
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"category weight {k!r} must be a finite number >= 0, got {v!r}")
+    w = np.array([float(weights.get(c, 1.0)) for c in cats])
+    if w.sum() <= 0:
+        raise ValueError(f"category weights of bucket {bucket!r} are all zero")
+    return w / w.sum()
+
+
 class WorldStream:
     """Deterministic infinite stream of examples of one bucket. ``state_dict`` captures the RNG exactly."""
 
-    def __init__(self, cfg: WorldConfig, bucket: str, seed: int, resolution: int | None = None):
+    def __init__(self, cfg: WorldConfig, bucket: str, seed: int, resolution: int | None = None,
+                 category_weights: dict[str, float] | None = None):
         bucket_tasks(bucket)
         self.cfg, self.bucket, self.seed = cfg, bucket, seed
         self.resolution = resolution or cfg.resolution
         self.rng = np.random.default_rng(seed)
+        # None: categories uniform (one rng.integers draw, the stream every shipped teacher was trained on)
+        self.p = category_probs(bucket, category_weights) if category_weights else None
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state, "bucket": self.bucket, "seed": self.seed}
@@ -117,7 +136,11 @@ class WorldStream:
         self.rng.bit_generator.state = state["bit_generator"]
 
     def examples(self, n: int) -> list[Example]:
-        return [sample_example(self.rng, self.cfg, self.bucket) for _ in range(n)]
+        if self.p is None:
+            return [sample_example(self.rng, self.cfg, self.bucket) for _ in range(n)]
+        cats = BUCKETS[self.bucket]
+        return [sample_example(self.rng, self.cfg, self.bucket, raw_task=cats[int(self.rng.choice(len(cats), p=self.p))])
+                for _ in range(n)]
 
     def batch(self, n: int) -> WorldBatch:
         return render_batch(self.examples(n), self.cfg, self.resolution)

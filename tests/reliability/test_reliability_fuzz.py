@@ -110,6 +110,9 @@ def test_fuzz_train_configs(tmp_path, capsys, text):
 @given(ov=st.sampled_from([
     "train.steps=zero", "train.stepz=3", "optim=5", "data.bucket=none", "=3", "novalue", "train.batch_size=-2",
     "lora.enabled=maybe", "model.channels=[3]", "sampling.shift=0",
+    "data.category_weights={subject_add: 2}", "data.category_weights={position: -1}", "grow.text_layers=3",
+    "model.self_attn_levels=[5]",
+    "data.category_weights={position: 0, color_attr: 0, single_object: 0, two_object: 0, counting: 0, colors: 0}",
 ]))
 @SET
 def test_fuzz_set_overrides(tmp_path, capsys, ov):

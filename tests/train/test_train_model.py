@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from danceopd.backends.world import WorldBackend, load_world_model, save_world_model
-from danceopd.backends.world_model import WorldNetConfig, WorldUNet, widen_for_editing
+from danceopd.backends.world_model import WorldNetConfig, WorldUNet, grow, widen_for_editing
 from danceopd.world import WorldTokenizer
 
 TOK = WorldTokenizer()
@@ -21,6 +21,51 @@ def _randomize(net):
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return net
+
+
+def test_grown_model_equals_parent_at_step0_and_then_trains_the_new_blocks(tmp_path):
+    parent = _randomize(tiny()).eval()
+    child = grow(parent, attn_levels=[0, 1], self_attn_levels=[0, 1], text_layers=3).eval()
+    assert child.cfg.attn_levels == (0, 1) and child.cfg.self_attn_levels == (0, 1) and child.cfg.text_layers == 3
+    assert sum(p.numel() for p in child.parameters()) > sum(p.numel() for p in parent.parameters())
+    x, t = torch.randn(4, 3, 16, 16), torch.rand(4)
+    tokens = TOK.encode(["a red circle", "a star left of a square", "", "two squares"])
+    with torch.no_grad():
+        assert torch.equal(child(x, t, tokens), parent(x, t, tokens))
+    # the new blocks are live: one gradient step on them changes the output
+    child.train()
+    loss = child(x, t, tokens).pow(2).mean()
+    loss.backward()
+    assert child.down[0].ca.proj.weight.grad.abs().sum() > 0 and child.text.layers[2].proj.weight.grad.abs().sum() > 0
+    # the grown config round-trips through a saved model
+    save_world_model(child, TOK, tmp_path / "g.safetensors")
+    back, _, _, _ = load_world_model(tmp_path / "g.safetensors")
+    assert back.cfg == child.cfg
+    with pytest.raises(ValueError, match="must contain the parent"):
+        grow(parent, attn_levels=[0])
+    with pytest.raises(ValueError, match="text_layers"):
+        grow(parent, text_layers=0)
+
+
+def test_text_conv_blocks_contextualize_tokens_and_ignore_padding(tmp_path):
+    torch.manual_seed(0)
+    cfg = WorldNetConfig(vocab_size=TOK.vocab_size, channels=(8, 16), attn_levels=(1,), text_dim=16, text_layers=1,
+                         text_conv_layers=2, emb_dim=32)
+    net = WorldUNet(cfg).eval()
+    a, b = TOK.encode(["a red circle and a blue square", "a blue circle and a red square"])
+    with torch.no_grad():
+        h, pad, _ = net.text(torch.stack([a, b]))
+        # "circle" (index 3) sees its adjective: its state differs between the two prompts
+        assert not torch.allclose(h[0, 3], h[1, 3], atol=1e-4)
+        # padding never leaks into real tokens: changing the pad embedding leaves the real tokens' states alone
+        x = TOK.encode(["a red circle"])
+        h1, _, _ = net.text(x)
+        net.text.tok.weight[0].normal_(0, 10.0)
+        h2, _, _ = net.text(x)
+    assert torch.allclose(h1[0, :4], h2[0, :4], atol=1e-5)
+    save_world_model(net, TOK, tmp_path / "c.safetensors")
+    back, _, _, _ = load_world_model(tmp_path / "c.safetensors")
+    assert back.cfg.text_conv_layers == 2 and len(back.text.convs) == 2
 
 
 def test_zero_init_widening_equals_parent_at_step0():

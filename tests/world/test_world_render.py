@@ -60,6 +60,30 @@ def test_stream_state_roundtrip():
     assert got.prompts == want.prompts and got.target.tobytes() == want.target.tobytes()
 
 
+def test_category_weights_shift_the_stream_and_resume_exactly():
+    from danceopd.world.sampler import category_probs
+
+    p = category_probs("t2i", {"position": 4, "color_attr": 4})
+    assert p.sum() == pytest.approx(1.0) and p[T2I_CATEGORIES.index("position")] == pytest.approx(4 / 12)
+    s = WorldStream(CFG, "t2i", seed=3, category_weights={"position": 4, "color_attr": 4})
+    n = 3000
+    counts = {c: 0 for c in T2I_CATEGORIES}
+    for e in s.examples(n):
+        counts[e.raw_task] += 1
+    assert counts["position"] / n == pytest.approx(1 / 3, abs=0.03)
+    assert counts["single_object"] / n == pytest.approx(1 / 12, abs=0.02)
+    only = WorldStream(CFG, "t2i", seed=3, category_weights={c: 0 for c in T2I_CATEGORIES if c != "counting"})
+    assert {e.raw_task for e in only.examples(50)} == {"counting"}
+    state = json.loads(json.dumps(s.state_dict()))
+    want = s.batch(4)
+    s2 = WorldStream(CFG, "t2i", seed=99, category_weights={"position": 4, "color_attr": 4})
+    s2.load_state_dict(state)
+    assert s2.batch(4).prompts == want.prompts
+    for bad in ({"subject_add": 1.0}, {"position": -1.0}, {"position": float("nan")}, {c: 0 for c in T2I_CATEGORIES}):
+        with pytest.raises(ValueError):
+            category_probs("t2i", bad)
+
+
 def test_jitter_makes_images_diverse():
     rng = np.random.default_rng(0)
     imgs = {render(make_t2i(rng, CFG, "colors")[2], CFG).tobytes() for _ in range(50)}
