@@ -73,11 +73,7 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: WorldNetConfig):
         super().__init__()
         d = cfg.text_dim
-        # Token and position embeddings start at the same scale (std 0.02). nn.Embedding's default N(0, 1) left the
-        # positions at ~8% of the token norm in the shipped base: after training the encoder was still close to a bag of
-        # words ("circle left of square" ~ "square left of circle").
         self.tok = nn.Embedding(cfg.vocab_size, d)
-        nn.init.normal_(self.tok.weight, std=0.02)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
         # Measured on the shipped base (transformer layers only, 17k steps): the state of "circle" in "a red circle
         # and a blue square" and in "a blue circle and a red square" had cosine 0.99998 -- the encoder had learned a
