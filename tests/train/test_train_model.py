@@ -157,3 +157,18 @@ def test_guided_field_rows_evaluates_the_selected_rows(edit, scales):
         full = field(x, t)
         sub = field(x[rows], t[rows], rows=rows)
     torch.testing.assert_close(sub, full[rows], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["t2i", "t2i_textconv", "edit", "local_edit", "global_edit"])
+def test_shipped_sft_configs_parse_and_build(name):
+    from pathlib import Path
+
+    from danceopd.config import load_config
+    from danceopd.train.sft import SFTConfig
+
+    cfg = load_config(SFTConfig, Path(__file__).parents[2] / "configs" / "world" / f"{name}.yaml")
+    if cfg.init is None:  # fresh models: the config builds the network it names
+        from danceopd.train.sft import build_model
+
+        net, _ = build_model(cfg)
+        assert net.cfg.text_conv_layers == cfg.model.text_conv_layers
