@@ -15,7 +15,7 @@ for editing computes exactly what its parent did at step 0.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -258,8 +258,6 @@ def grow(parent: WorldUNet, attn_levels=None, self_attn_levels=None, text_layers
     """A copy of ``parent`` with more attention (cross-attention / self-attention levels, text layers appended
     before the text encoder's final norm). Every added block has a zero-initialized output, so the grown model
     computes exactly what ``parent`` did at step 0 (the adaLN-Zero idea of DiT)."""
-    from dataclasses import replace
-
     p = parent.cfg
     n = len(p.channels)
     new_cross = tuple(sorted(set(attn_levels if attn_levels is not None else p.attn_levels)))
@@ -276,7 +274,7 @@ def grow(parent: WorldUNet, attn_levels=None, self_attn_levels=None, text_layers
         for lin in (layer.proj, layer.mlp[-1]):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-    missing, unexpected = child.load_state_dict(parent.state_dict(), strict=False)
+    _, unexpected = child.load_state_dict(parent.state_dict(), strict=False)
     if unexpected:
         raise ValueError(f"grow: parent weights without a place in the child: {unexpected[:3]}")
     return child
@@ -284,8 +282,6 @@ def grow(parent: WorldUNet, attn_levels=None, self_attn_levels=None, text_layers
 
 def widen_for_editing(parent: WorldUNet) -> WorldUNet:
     """A copy of ``parent`` with zero-initialized source-image channels: same outputs at step 0."""
-    from dataclasses import replace
-
     if parent.cfg.edit:
         raise ValueError("model already has source-image channels")
     child = WorldUNet(replace(parent.cfg, edit=True))

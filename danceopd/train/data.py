@@ -73,9 +73,5 @@ class CsvData:
 
 
 def make_data(bucket: str, csv: str | None, seed: int, resolution: int | None, category_weights: dict | None = None):
-    """``category_weights`` (relative, per raw task of ``bucket``) apply to the world stream only."""
-    if csv:
-        if category_weights:
-            raise ValueError("data.category_weights applies to the world stream, not to a CSV dataset")
-        return CsvData(csv, bucket, seed, resolution)
-    return WorldData(bucket, seed, resolution or 32, category_weights)
+    """``category_weights`` (relative, per raw task of ``bucket``; validated with the config) shape the world stream."""
+    return CsvData(csv, bucket, seed, resolution) if csv else WorldData(bucket, seed, resolution or 32, category_weights)

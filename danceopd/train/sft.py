@@ -96,7 +96,7 @@ class DataSection:
             try:
                 category_probs(self.bucket, self.category_weights)
             except ValueError as e:
-                raise ValueError(f"data.{e}") from None
+                raise ValueError(f"data.category_weights: {e}") from None
         if self.resolution not in (32, 64):
             raise ValueError(f"data.resolution must be 32 or 64, got {self.resolution}")
         for k in ("text_dropout", "source_dropout"):

@@ -135,12 +135,12 @@ class WorldStream:
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
 
+    def _category(self) -> str | None:
+        """The weighted category draw; None lets ``sample_example`` draw it uniformly."""
+        return None if self.p is None else BUCKETS[self.bucket][int(self.rng.choice(len(self.p), p=self.p))]
+
     def examples(self, n: int) -> list[Example]:
-        if self.p is None:
-            return [sample_example(self.rng, self.cfg, self.bucket) for _ in range(n)]
-        cats = BUCKETS[self.bucket]
-        return [sample_example(self.rng, self.cfg, self.bucket, raw_task=cats[int(self.rng.choice(len(cats), p=self.p))])
-                for _ in range(n)]
+        return [sample_example(self.rng, self.cfg, self.bucket, raw_task=self._category()) for _ in range(n)]
 
     def batch(self, n: int) -> WorldBatch:
         return render_batch(self.examples(n), self.cfg, self.resolution)
