@@ -32,6 +32,7 @@ class WorldNetConfig:
     text_dim: int = 64
     text_layers: int = 2
     text_conv_layers: int = 0                  # 1-D conv blocks over the tokens before the transformer layers
+    text_pos_std: float = 0.02                 # init std of the learned position embeddings (tokens: N(0, 1))
     text_heads: int = 4
     emb_dim: int = 128
     groups: int = 8
@@ -74,7 +75,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         d = cfg.text_dim
         self.tok = nn.Embedding(cfg.vocab_size, d)
-        self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * 0.02)
+        self.pos = nn.Parameter(torch.randn(cfg.max_len, d) * cfg.text_pos_std)
         # Measured on the shipped base (transformer layers only, 17k steps): the state of "circle" in "a red circle
         # and a blue square" and in "a blue circle and a red square" had cosine 0.99998 -- the encoder had learned a
         # bag of words, so cross-attention could not bind colors to shapes (color attribution 0.19) or relations to
@@ -225,6 +226,7 @@ class WorldUNet(nn.Module):
         """``text`` = precomputed ``encode_text(tokens)`` (to encode conditions once per step)."""
         B, _, H, W = x_t.shape
         ctx, pad, pooled = text if text is not None else self.text(tokens)
+        t = t.to(x_t.device)
         emb = self.t_mlp(timestep_embedding(t.expand(B) if t.dim() == 0 else t, 64)) + self.pool_proj(pooled)
         parts = [x_t]
         if self.cfg.coord_channels:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class ModelSection:
     text_dim: int = 64
     text_layers: int = 2
     text_conv_layers: int = 0  # 1-D conv blocks (kernel 5) over the tokens before the transformer layers
+    text_pos_std: float = 0.02  # init std of the learned position embeddings (token embeddings start at N(0, 1))
     emb_dim: int = 128
 
     def validate(self):
@@ -57,6 +59,8 @@ class ModelSection:
             raise ValueError("model.channels must be multiples of 8")
         if self.text_conv_layers < 0 or self.text_layers < 0:
             raise ValueError("model.text_layers and model.text_conv_layers must be >= 0")
+        if not (self.text_pos_std >= 0 and math.isfinite(self.text_pos_std)):
+            raise ValueError(f"model.text_pos_std must be a finite number >= 0, got {self.text_pos_std}")
         n = len(self.channels)
         for k in ("attn_levels", "self_attn_levels"):
             if any(not 0 <= i < n for i in getattr(self, k) or ()):
@@ -221,7 +225,7 @@ def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
     net_cfg = WorldNetConfig(vocab_size=tok.vocab_size, max_len=tok.max_len, channels=tuple(m.channels),
                              attn_levels=tuple(m.attn_levels), text_dim=m.text_dim, text_layers=m.text_layers,
                              self_attn_levels=None if m.self_attn_levels is None else tuple(m.self_attn_levels),
-                             text_conv_layers=m.text_conv_layers,
+                             text_conv_layers=m.text_conv_layers, text_pos_std=m.text_pos_std,
                              emb_dim=m.emb_dim, edit=cfg.data.bucket != "t2i")
     return WorldUNet(net_cfg), tok
 
@@ -291,7 +295,7 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
                 b = data.next(B)
                 x_0 = b.x_0.to(accelerator.device)
                 noise = torch.randn_like(x_0)
-                t = sample_t(B, dist=cfg.train.t_dist)
+                t = sample_t(B, dist=cfg.train.t_dist).to(x_0.device)  # CPU generator: same t on any device
                 x_t = interpolate(x_0, noise, t)
                 drop_t = torch.rand(B) < cfg.data.text_dropout
                 drop_s = torch.rand(B) < cfg.data.source_dropout
