@@ -17,11 +17,26 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from danceopd.backends.registry import ASSET_DIR
 from danceopd.backends.world import load_world_model, save_world_model
 
 CHECK_N = 4
+
+
+def shipped_name_of(init: str | None) -> str | None:
+    """A run trained from a local weight file (e.g. a candidate base before it shipped) is recorded as trained from
+    the shipped teacher whose tensors equal that file's, so the manifest's command reproduces it; otherwise as is."""
+    if not init or init.startswith("world:") or not Path(init).is_file():
+        return init
+    mine = load_file(init)
+    for f in sorted(ASSET_DIR.glob("*.safetensors")):
+        theirs = load_file(f)
+        if theirs.keys() == mine.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine):
+            print(f"  init {init} equals the shipped world:{f.stem} tensor for tensor: recorded as world:{f.stem}")
+            return f"world:{f.stem}"
+    return init
 
 
 def main():
@@ -38,6 +53,8 @@ def main():
         name, run = item.split("=", 1)
         run = Path(run)
         net, tok, sampling, meta = load_world_model(run / "model.safetensors")
+        config = json.loads(meta.get("config", "{}"))
+        config["init"] = shipped_name_of(config.get("init"))
         dst = ASSET_DIR / f"{name}.safetensors"
         meta = {**meta, "shipped_from": str(run), "shipped_git_sha": sha}
         save_world_model(net, tok, dst, sampling, dtype=torch.float16, meta=meta)
@@ -45,7 +62,7 @@ def main():
             "file": dst.name,
             "sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
             "bytes": dst.stat().st_size,
-            "config": json.loads(meta.get("config", "{}")),
+            "config": config,
             "command": f"danceopd train --config configs/world/{name}.yaml --out runs/teachers/{name}",
             "git_sha": sha,
             "steps": meta.get("steps"),

@@ -159,7 +159,7 @@ def test_guided_field_rows_evaluates_the_selected_rows(edit, scales):
     torch.testing.assert_close(sub, full[rows], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["t2i", "t2i_textconv", "edit", "local_edit", "global_edit"])
+@pytest.mark.parametrize("name", ["t2i", "t2i_v1", "edit", "local_edit", "global_edit"])
 def test_shipped_sft_configs_parse_and_build(name):
     from pathlib import Path
 
