@@ -1,6 +1,8 @@
 """Benchmark the default ShapesWorld generator: train images/s and sample images/s (measured in one run).
 
-    python scripts/bench_model.py [--batch 64] [--iters 20] [--threads 2]
+    python scripts/bench_model.py [--config configs/world/t2i.yaml] [--batch 64] [--iters 20] [--threads 2]
+
+The model is built from the config's model section (default: the shipped T2I base's recipe), with fresh weights.
 
 Train: one SFT step (forward + backward + AdamW) on world batches. Sample: Euler with the default 16 steps, with
 and without classifier-free guidance (CFG doubles the batch of every forward).
@@ -14,14 +16,15 @@ import time
 import torch
 
 from danceopd.backends.world import WorldBackend
-from danceopd.backends.world_model import WorldNetConfig, WorldUNet
+from danceopd.config import load_config
 from danceopd.core.flow import interpolate, sample_t, velocity_target
 from danceopd.train.data import WorldData
-from danceopd.world import WorldTokenizer
+from danceopd.train.sft import SFTConfig, build_model
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/world/t2i.yaml", help="SFT config whose model to build")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -30,12 +33,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    tok = WorldTokenizer()
-    net = WorldUNet(WorldNetConfig(vocab_size=tok.vocab_size))
+    net, tok = build_model(load_config(SFTConfig, a.config))
     be = WorldBackend(net, tok)
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
     data = WorldData("t2i", a.seed)
-    print(f"model: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params, batch {a.batch}, "
+    print(f"model ({a.config}): {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params, batch {a.batch}, "
           f"{a.threads} threads")
 
     def train_step():
