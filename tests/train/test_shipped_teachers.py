@@ -3,12 +3,14 @@ recorded in the manifest (a small fast check here; the full-n scores in the slow
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from danceopd.backends.registry import ASSET_DIR, load_backend
 
 MANIFEST = ASSET_DIR / "manifest.json"
+REPO = Path(__file__).resolve().parents[2]
 ENTRIES = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
 
 
@@ -28,6 +30,23 @@ def test_shipped_teacher_loads_and_matches_manifest(name):
     be = load_backend(f"world:{name}")
     assert sum(p.numel() for p in be.net.parameters()) == e["params"]
     assert be.is_edit == (name != "t2i")
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_shipped_teacher_config_is_its_recorded_command(name):
+    """The config a shipped teacher was trained with equals what its manifest command loads today, so the command
+    reproduces it (an edit teacher's init is the shipped base, by name)."""
+    import dataclasses
+    import shlex
+
+    from danceopd.config import load_config
+    from danceopd.train.sft import SFTConfig
+
+    e = ENTRIES[name]
+    args = shlex.split(e["command"])
+    path = REPO / args[args.index("--config") + 1]
+    cfg = json.loads(json.dumps(dataclasses.asdict(load_config(SFTConfig, path))))
+    assert cfg == e["config"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in ENTRIES.items() if "check" in e))
