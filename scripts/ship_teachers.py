@@ -49,6 +49,10 @@ def main():
     manifest_path = ASSET_DIR / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "configs"], capture_output=True, text=True).stdout
+    if dirty:  # the manifest's command must reproduce the teacher at the recorded commit
+        raise SystemExit(f"configs/ has uncommitted changes; commit them first (the manifest records {sha[:7]}):\n"
+                         f"{dirty}")
     for item in a.run:
         name, run = item.split("=", 1)
         run = Path(run)
@@ -65,6 +69,7 @@ def main():
             "config": config,
             "command": f"danceopd train --config configs/world/{name}.yaml --out runs/teachers/{name}",
             "git_sha": sha,
+            "config_git_sha": sha,  # a commit whose configs/world/<name>.yaml is the recorded config
             "steps": meta.get("steps"),
             "wall_time_s": meta.get("wall_time_s"),
             "params": sum(p.numel() for p in net.parameters()),
