@@ -155,6 +155,24 @@ def _resolve_includes(data: dict, path: Path, depth: int) -> dict:
     return _deep_merge(merged, data)
 
 
+def _check_override_key(cls, dotted: str, ov: str) -> None:
+    """``--set a.b=c`` names fields of ``cls``: an unknown key is reported against the override itself."""
+    tp, section = cls, "the config"
+    for part in dotted.split("."):
+        if get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in get_args(tp) if a is not type(None)), Any)
+        if get_origin(tp) in (list, tuple):
+            tp = (get_args(tp) or (Any,))[0]
+        elif dataclasses.is_dataclass(tp):
+            fields = [f.name for f in dataclasses.fields(tp) if f.init]
+            if part not in fields:
+                raise UserError(f"--set {ov}: unknown key {part!r} in {section}; expected one of {', '.join(fields)}")
+            tp = typing.get_type_hints(tp)[part]
+        else:
+            return  # a free-form mapping or a scalar: checked when the config is built
+        section = part if section == "the config" else f"{section}.{part}"
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) and apply ``a.b=c`` overrides
     (values parsed as YAML scalars)."""
@@ -186,5 +204,13 @@ def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
             parsed = yaml.safe_load(v) if v.strip() else ""
         except yaml.YAMLError:
             parsed = v
+        _check_override_key(cls, k.strip(), ov)
         _set_path(data, k.strip(), parsed, f"--set {ov!r}")
-    return from_dict(cls, data, where)
+    try:
+        return from_dict(cls, data, where)
+    except UserError as e:  # a bad value given by an override: name the override, not the file
+        for ov in reversed(list(overrides)):
+            prefix = f"{where}.{ov.split('=', 1)[0].strip()}:"
+            if str(e).startswith(prefix):
+                raise UserError(f"--set {ov}:{str(e)[len(prefix):]}") from None
+        raise

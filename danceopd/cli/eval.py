@@ -47,5 +47,10 @@ def eval_cmd(
         typer.echo(f"GenEval overall: {ge['overall']:.3f}")
     parts = [f"{k} {scores[k]:.4g}" for k in ("fid", "clip_score", "lpips") if scores.get(k) is not None]
     if parts:
-        typer.echo("  ".join(parts))
+        typer.echo("  ".join(parts) + ("  (clip_score: T2I outputs vs prompts; lpips: all edits)" if g else ""))
+    by_bucket = scores.get("clip_score_by_bucket") or {}
+    if by_bucket:  # the comparison table's columns: local_edit CLIP score, global_edit LPIPS
+        typer.echo("edit outputs by bucket (the comparison table uses local_edit clip_score, global_edit lpips):")
+    for b, cs in by_bucket.items():
+        typer.echo(f"  {b}: clip_score {cs:.2f}  lpips {scores['lpips_by_bucket'][b]:.4f}")
     typer.echo(f"wrote {', '.join(str(p) for p in paths)} ({scores['timings']['total_s']:.1f}s)")

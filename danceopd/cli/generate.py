@@ -44,14 +44,39 @@ def _contact_sheet(rows: list[tuple[np.ndarray | None, np.ndarray, str]], path: 
 
 
 def _load(model: str, resolution: int | None, pipeline: str | None = None, lora: str | None = None):
-    from ..backends.diffusers_common import is_diffusers_run, load_for_generation
+    from ..backends.diffusers_common import load_for_generation
     from ..backends.registry import load_backend
 
-    if pipeline is not None or lora is not None or is_diffusers_run(model):   # a diffusers model (docs/backends.md)
+    if _is_diffusers(model, pipeline, lora):   # a diffusers model (docs/backends.md)
         if lora is not None and pipeline is None:
             raise UserError("--lora needs --pipeline (the base diffusers pipeline folder)")
         return load_for_generation(None if pipeline else model, pipeline, lora, resolution)
     return load_backend(model, resolution)
+
+
+def _is_diffusers(model: str, pipeline: str | None, lora: str | None) -> bool:
+    from ..backends.diffusers_common import is_diffusers_run
+
+    return pipeline is not None or lora is not None or is_diffusers_run(model)
+
+
+def check_words(text: str, flag: str, allow: bool) -> None:
+    """ShapesWorld models know a closed vocabulary: an unknown word is an error (a warning with
+    ``--allow-unknown-words``), never silently dropped."""
+    from ..world.understand import known_words, unknown_words, vocabulary_line
+
+    bad = unknown_words(text)
+    if not bad:
+        return
+    msg = (f"{flag} {text!r}: {', '.join(repr(w) for w in bad)} not in the ShapesWorld vocabulary "
+           f"({vocabulary_line()}; all words: {' '.join(sorted(known_words()))})")
+    if not allow:
+        raise UserError(msg + "; pass --allow-unknown-words to generate anyway")
+    typer.echo(f"warning: {msg}; the model ignores these words", err=True)
+
+
+_ALLOW_UNKNOWN = typer.Option(False, "--allow-unknown-words",
+                              help="ShapesWorld models: warn about words outside the vocabulary instead of failing.")
 
 
 def _overrides(steps, text_scale, image_scale):
@@ -91,6 +116,7 @@ def sample_cmd(
     pipeline: str = typer.Option(None, "--pipeline", help="A diffusers pipeline folder (SD3, Z-Image, Kontext)."),
     lora: str = typer.Option(None, "--lora", help="With --pipeline: a LoRA folder/file (e.g. a distilled run)."),
     resolution: int = typer.Option(None, "--resolution", help="Diffusers models: image side in pixels."),
+    allow_unknown_words: bool = _ALLOW_UNKNOWN,
 ):
     """Text-to-image: `danceopd sample --model world:t2i --prompt "a red circle" --out a.png`."""
     if (prompt is None) == (csv is None):
@@ -110,6 +136,8 @@ def sample_cmd(
         return
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must end in .png, got {out}")
+    if not _is_diffusers(model, pipeline, lora):
+        check_words(prompt, "--prompt", allow_unknown_words)
     be = _load(model, resolution, pipeline, lora)
     _save_png(be.sample([prompt], seed=seed, **kw)[0], out)
     typer.echo(f"wrote {out}")
@@ -129,6 +157,7 @@ def edit_cmd(
     pipeline: str = typer.Option(None, "--pipeline", help="A diffusers pipeline folder (SD3, Z-Image, Kontext)."),
     lora: str = typer.Option(None, "--lora", help="With --pipeline: a LoRA folder/file (e.g. a distilled run)."),
     resolution: int = typer.Option(None, "--resolution", help="Diffusers models: image side in pixels."),
+    allow_unknown_words: bool = _ALLOW_UNKNOWN,
 ):
     """Edit an image: `danceopd edit --model world:edit --image src.png --instruction "..." --out b.png`."""
     from PIL import Image
@@ -153,6 +182,8 @@ def edit_cmd(
         raise UserError("give --image and --instruction (or --csv for batch mode)")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must end in .png, got {out}")
+    if not _is_diffusers(model, pipeline, lora):
+        check_words(instruction, "--instruction", allow_unknown_words)
     if not image.is_file():
         raise UserError(f"{image}: image not found")
     try:

@@ -65,6 +65,12 @@ def scores_markdown(s: dict) -> str:
                   "| " + " | ".join(_f(ge[c], 3) for c in [*T2I_CATEGORIES, "overall"]) + " |", ""]
     lines += ["## Image quality", "", "| FID (judge features, T2I) | CLIP score (T2I) | LPIPS (judge, edits vs target) |",
               "|---:|---:|---:|", f"| {_f(s.get('fid'))} | {_f(s.get('clip_score'))} | {_f(s.get('lpips'), 4)} |", ""]
+    by_cs, by_lp = s.get("clip_score_by_bucket") or {}, s.get("lpips_by_bucket") or {}
+    if by_cs:  # the comparison table's columns: local-edit CLIP score, global-edit LPIPS
+        lines += ["## Edit outputs by bucket (CLIP score vs a caption of the exact target; LPIPS vs the target)", "",
+                  "| bucket | CLIP score | LPIPS |", "|---|---:|---:|"]
+        lines += [f"| {b} | {_f(by_cs[b])} | {_f(by_lp.get(b), 4)} |" for b in by_cs]
+        lines.append("")
     std = s.get("standard") or {}
     if std:
         lines += ["## Standard metrics (only with local weights)", "", "| metric | value | note |", "|---|---:|---|"]
