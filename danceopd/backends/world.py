@@ -16,6 +16,7 @@ from ..core.flow import timesteps as make_timesteps
 from ..errors import UserError
 from ..world.text import WorldTokenizer
 from .base import guided_field
+from .rowsplit import default_workers, row_parallel
 from .world_model import WorldNetConfig, WorldUNet
 
 FORMAT = "danceopd.world_unet/1"
@@ -65,6 +66,11 @@ class Cond:
 
         return Cond(tuple(pick(a) for a in self.text), pick(self.source), pick(self.source_mask))
 
+    def rows(self, s: slice) -> Cond:
+        """The conditions of the contiguous rows ``s`` (views, no copy)."""
+        return Cond(tuple(a[s] for a in self.text), *(None if a is None else a[s] for a in
+                                                       (self.source, self.source_mask)))
+
 
 def images_to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
@@ -87,6 +93,7 @@ class WorldBackend:
         self.tokenizer = tokenizer
         self.resolution = resolution
         self.sampling = sampling or SamplingConfig()
+        self.workers: int | None = None   # row-parallel CPU workers (None: torch's thread count; backends.rowsplit)
 
     @property
     def net(self) -> WorldUNet:
@@ -117,7 +124,15 @@ class WorldBackend:
         return Cond(text, sources, mask)
 
     def velocity(self, x_t, t, cond: Cond) -> torch.Tensor:
-        return self.model(x_t, t, text=cond.text, source=cond.source, source_mask=cond.source_mask)
+        def rows(s: slice) -> torch.Tensor:
+            c = cond.rows(s)
+            return self.model(x_t[s], t if t.dim() == 0 else t[s], text=c.text, source=c.source,
+                              source_mask=c.source_mask)
+
+        workers = self.workers if self.workers is not None else default_workers(x_t.device)
+        if workers > 1 and not isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return row_parallel(rows, len(x_t), workers)   # DDP counts forwards: one call per step there
+        return rows(slice(None))
 
     def timesteps(self, n_steps: int | None = None, shift: float | None = None) -> torch.Tensor:
         return make_timesteps(n_steps or self.sampling.steps, self.sampling.shift if shift is None else shift)

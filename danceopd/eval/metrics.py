@@ -63,3 +63,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def clip_score(cos: np.ndarray) -> np.ndarray:
     """CLIP score = 100 * max(cos(image, text), 0)."""
     return 100.0 * np.clip(np.asarray(cos, np.float64), 0.0, None)
+
+
+PRESERVE_TOL = 16  # uint8 levels (6% of the range): "unchanged" = every channel within this of the source
+
+
+def preservation(output: np.ndarray, source: np.ndarray, target: np.ndarray, tol: int = PRESERVE_TOL) -> np.ndarray:
+    """Pixel preservation of edits: per image, the share of the pixels that the exact target leaves unchanged
+    (bitwise equal to the source: the renderer keeps untouched content exact) which the output also leaves unchanged
+    (every channel within ``tol`` uint8 levels of the source). uint8 [N, H, W, 3] each -> float [N] in [0, 1]; NaN
+    for an image whose target changes every pixel. GEdit's O reads layouts, so an output that redraws the untouched
+    scene plausibly but not exactly keeps its O; this score does not."""
+    out, src, tgt = (np.asarray(a, np.int16) for a in (output, source, target))
+    keep = (tgt == src).all(-1)                                       # [N, H, W] pixels the edit must not touch
+    kept = (np.abs(out - src) <= tol).all(-1) & keep
+    n_keep = keep.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_keep > 0, kept.sum((1, 2)) / n_keep, np.nan)

@@ -24,7 +24,7 @@ from ..world.vocab import DEFAULT_WORLD, WorldConfig
 from .clip import load_clip
 from .imageops import check_images, torch_threads
 from .judge import load_judge
-from .metrics import clip_score, edit_scores, frechet_distance, geneval_pass, overall
+from .metrics import clip_score, edit_scores, frechet_distance, geneval_pass, overall, preservation
 from .scenes import scene_caption, scene_for_constraints
 from .standard import standard_metrics
 
@@ -103,6 +103,12 @@ def _r(x: float | None, nd: int = 6) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def _nanmean(x: np.ndarray, nd: int = 4) -> float | None:
+    """Mean over the finite entries (None when there are none)."""
+    x = x[np.isfinite(x)]
+    return _r(x.mean(), nd) if len(x) else None
+
+
 def evaluate(generator, suite: str = "all", n: int = DEFAULT_N, seed: int = 0, resolution: int = 32,
              batch_size: int = DEFAULT_BATCH, progress: bool = True, threads: int | None = 1) -> dict:
     """The scores dict for ``generator`` (see the module docstring). ``threads``: torch threads for the scoring
@@ -148,7 +154,7 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
         "model": generator.name, "suite": suite, "seed": seed, "resolution": resolution, "n": n,
         "batch_size": batch_size, "judge_version": judge.version, "clip_version": clip.version,
         "n_samples": {}, "geneval": None, "gedit": None, "fid": None, "clip_score": None, "lpips": None,
-        "clip_score_by_bucket": None, "lpips_by_bucket": None,
+        "clip_score_by_bucket": None, "lpips_by_bucket": None, "preservation": None,
     }
     t2i_imgs = t2i_ref = prompts = edit_out = edit_tgt = None
     with tqdm(total=total, desc=f"eval {generator.name}", unit="img", disable=not progress, leave=False) as bar:
@@ -208,9 +214,15 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
                        "edit": np.ones(len(exs), bool)}
             scores["clip_score_by_bucket"] = {b: _r(ecs[m].mean(), 4) for b, m in buckets.items() if m.any()}
             scores["lpips_by_bucket"] = {b: _r(lp[m].mean(), 5) for b, m in buckets.items() if m.any()}
+            keep = preservation(edit_out, sources, edit_tgt)
+            pres = {c: _nanmean(keep[cats == c]) for c in EDIT_CATEGORIES}
+            pres.update({b: _nanmean(keep[m]) for b, m in buckets.items() if m.any()})
+            scores["preservation"] = pres
             scores["n_samples"].update({"edit_examples_per_category": n, "edit_images": len(exs)})
             for ex, img, s, t, r, d in zip(exs, edit_out, sources, edit_tgt, per, lp):
                 samples.append(Sample("edit", ex.raw_task, ex.prompt, img, s, t, scores={**r, "lpips": float(d)}))
+            for smp, k in zip(samples[-len(exs):], keep):
+                smp.scores["preservation"] = None if not np.isfinite(k) else float(k)
     scores["standard"] = standard_metrics(t2i_imgs, t2i_ref, prompts, edit_out, edit_tgt)
     total_s = time.perf_counter() - t_start
     scores["timings"] = {"generate_s": round(gen_s, 3), "score_s": round(total_s - gen_s, 3),

@@ -142,3 +142,20 @@ def test_training_is_deterministic():
         sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa) and ma == mb
         assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_preservation_counts_only_pixels_the_target_keeps():
+    import numpy as np
+
+    from danceopd.eval.metrics import PRESERVE_TOL, preservation
+
+    src = np.zeros((3, 4, 4, 3), np.uint8)
+    tgt = src.copy()
+    tgt[:, 0, :] = 200                          # the edit changes row 0: 12 pixels must stay unchanged
+    out = src.copy()
+    out[0] = tgt[0]                             # exact edit: everything else kept
+    out[1, 1, :2] = PRESERVE_TOL + 1            # 2 of the 12 kept pixels changed beyond the tolerance
+    out[1, 2, :] = PRESERVE_TOL                 # within the tolerance: still kept
+    out[2] = 255                                # the whole image redrawn
+    np.testing.assert_allclose(preservation(out, src, tgt), [1.0, 10 / 12, 0.0])
+    assert np.isnan(preservation(src[:1], src[:1], src[:1] + 1))[0]   # target changes every pixel
