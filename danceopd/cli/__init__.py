@@ -24,6 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register():
     from . import data as _data  # noqa: F401
+    from . import demo as _demo  # noqa: F401
     from . import eval as _eval  # noqa: F401
     from . import generate as _generate  # noqa: F401
     from . import reproduce as _reproduce  # noqa: F401

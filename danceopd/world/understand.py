@@ -92,6 +92,10 @@ def _phrases(cfg: WorldConfig) -> dict[str, tuple[str, list[dict], dict | None]]
                 for words in (REL_WORDS[rel], REL_WORDS_ALT[rel]):
                     put("position", f"{np_phrase(a, None)} {words} {np_phrase(b, None)}", [_req(a), _req(b)],
                         {"a": 0, "b": 1, "rel": rel})
+                    for ca in cfg.colors:  # colored relations: checkable, but not a category the world samples
+                        for cb in cfg.colors:
+                            put("position_colored", f"{np_phrase(a, ca)} {words} {np_phrase(b, cb)}",
+                                [_req(a, ca), _req(b, cb)], {"a": 0, "b": 1, "rel": rel})
             for ca in cfg.colors:
                 for cb in cfg.colors:
                     if ca != cb:
@@ -104,7 +108,8 @@ def _affixes(templates, slot: str) -> list[tuple[str, str]]:
 
 
 def parse_prompt(text: str, cfg: WorldConfig = DEFAULT_WORLD) -> tuple[str, dict] | None:
-    """(GenEval-style category, constraints) of a T2I prompt the world could have written, else None."""
+    """(GenEval-style category, constraints) of a T2I prompt the world could have written, else None. Relations
+    between colored objects ("a red circle above a blue star") also parse, as category ``position_colored``."""
     t = normalize(text)
     phrases = _phrases(cfg)
     for pre, post in _affixes(TEMPLATES, "x"):
