@@ -2,7 +2,8 @@
 # Create .venv and install danceopd. On machines without an NVIDIA GPU the CPU torch wheel is pinned first,
 # so nothing ever pulls a multi-GB CUDA build. Users with a GPU and their own torch: DANCEOPD_KEEP_TORCH=1.
 #   bash install.sh          # runtime
-#   bash install.sh dev      # + test tools, diffusers backends (diffusers==0.42.1, transformers==5.24.0), pyarrow
+#   bash install.sh dev      # + test tools (selenium), the demo (gradio), diffusers backends (diffusers==0.42.1,
+#                            #   transformers==5.24.0), pyarrow
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="${1:-}"
@@ -23,7 +24,7 @@ if [ "${DANCEOPD_KEEP_TORCH:-0}" != "1" ] && ! .venv/bin/python -c "import torch
 fi
 if [ "$extras" = "dev" ]; then
   # the diffusers backends' tests run in the default tier: the tested diffusers / transformers pair is pinned
-  .venv/bin/python -m pip install -q -e ".[dev,metrics,diffusers,data]" "diffusers==0.42.1" "transformers==5.24.0"
+  .venv/bin/python -m pip install -q -e ".[dev,metrics,diffusers,data,demo]" "diffusers==0.42.1" "transformers==5.24.0"
 else
   .venv/bin/python -m pip install -q -e ".[metrics]"
 fi
