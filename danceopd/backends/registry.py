@@ -91,5 +91,5 @@ class WorldGenerator:
         return self.backend.sample([e.prompt for e in examples], sources, seed=seed, **self.sample_kw)
 
 
-def load_generator(spec: str, resolution: int = 32, **sample_kw) -> WorldGenerator:
-    return WorldGenerator(load_backend(spec, resolution), spec, **sample_kw)
+def load_generator(spec: str, resolution: int = 32, device="cpu", **sample_kw) -> WorldGenerator:
+    return WorldGenerator(load_backend(spec, resolution, device), spec, **sample_kw)

@@ -131,8 +131,9 @@ def calibration_generator(spec: str, resolution: int = 32) -> Generator | None:
     return None
 
 
-def resolve_generator(spec: str, resolution: int) -> Generator:
-    """Calibration names first; otherwise ``danceopd.backends.registry.load_generator(spec, resolution)``."""
+def resolve_generator(spec: str, resolution: int, **model_kw) -> Generator:
+    """Calibration names first; otherwise ``danceopd.backends.registry.load_generator(spec, resolution,
+    **model_kw)`` (``device=``, sampler overrides such as ``text_scale=``)."""
     gen = calibration_generator(spec, resolution)
     if gen is not None:
         return gen
@@ -141,7 +142,7 @@ def resolve_generator(spec: str, resolution: int) -> Generator:
     except ImportError:
         raise UserError(UNKNOWN_MODEL.format(spec=spec)) from None
     try:
-        return load_generator(spec, resolution)
+        return load_generator(spec, resolution, **model_kw)
     except (KeyError, FileNotFoundError):
         raise UserError(UNKNOWN_MODEL.format(spec=spec)) from None
     except UserError as e:  # the registry's own "unknown model" lacks the calibration names

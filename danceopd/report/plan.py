@@ -18,6 +18,9 @@ from .. import __version__
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "world"
 METHODS_ALL = ("joint_sft", "weight_merge", "offpolicy", "soft_mix", "diffusionopd", "flowopd", "danceopd")
 TEACHERS = {"A": ("t2i", "edit"), "B": ("local_edit", "global_edit")}
+# Bumped whenever code changes what a cell computes (beyond float tolerance) without changing its config, so that
+# no stale result is reused. 2: the preservation score, row-parallel CPU forwards.
+COMPUTE_VERSION = 2
 
 
 @dataclass
@@ -32,6 +35,8 @@ class Cell:
     seed: int = 0
     curve: list[int] = field(default_factory=list)   # training steps at which to evaluate (curves)
     curve_n: int | None = None
+    eval_seed: int | None = None      # seed of the final evaluation (None = ``seed``)
+    sample_scales: list[float] = field(default_factory=list)  # grid cells: also evaluate at these sampling scales
     tags: dict = field(default_factory=dict)
     teacher_runs: dict = field(default_factory=dict)  # --retrain-teachers: {world:<name>: run folder}
 
@@ -48,6 +53,7 @@ class Cell:
             path = CONFIG_DIR / self.config
             d["config_content"] = _resolve_includes(yaml.safe_load(path.read_text(encoding="utf-8")), path, 0)
         d["version"] = __version__
+        d["compute"] = COMPUTE_VERSION
         d["teachers"] = _shipped_shas(json.dumps(d, default=str))
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -70,13 +76,13 @@ def _shipped_shas(text: str) -> dict[str, str | None]:
 
 
 def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,
-             suite=None):
+             suite=None, eval_seed=None, sample_scales=()):
     ov = [f"seed={seed}"] + ([f"train.steps={steps}"] if steps else []) + list(extra)
     cid = f"{setting}/{method}/s{seed}" + ("" if not tag_extra else "/" + ",".join(
         f"{k}={v}" for k, v in tag_extra.items()))
     return Cell(cid, "distill", config=f"{setting}_{method}.yaml", overrides=ov,
                 suite=suite or ("all" if setting == "A" else "edit"), eval_n=eval_n, seed=seed,
-                curve=list(curve), curve_n=curve_n,
+                curve=list(curve), curve_n=curve_n, eval_seed=eval_seed, sample_scales=list(sample_scales),
                 tags={"setting": setting, "method": method, "seed": seed, **(tag_extra or {})})
 
 
@@ -96,30 +102,19 @@ def quick_plan(seed: int = 0) -> list[Cell]:
     return cells
 
 
-# Training steps of the main cells of the full preset. The dense on-policy baselines cost far more per step than
-# DanceOPD: `python scripts/bench_distill.py --threads 2 --iters 3` (batch 32, 8 rollout steps, setting A) measured
-# DanceOPD 0.675 s, Flow-OPD 3.18 s (4.7x), DiffusionOPD 11.8 s (17.4x). To keep the full preset inside its 6-hour
-# budget they get the steps that cost about 2.5x DanceOPD's 400-step training time; the report prints every row's
-# steps and s/step next to its scores.
-FULL_STEPS = {"diffusionopd": 60, "flowopd": 200}
-# Main rows first (so an interrupted run has the comparison table earliest), cheap before expensive.
-FULL_ORDER = ("danceopd", "joint_sft", "offpolicy", "weight_merge", "soft_mix", "flowopd", "diffusionopd")
+# The dense on-policy baselines cost far more per step than DanceOPD: `python scripts/bench_distill.py --threads 2
+# --iters 3` (batch 32, 8 rollout steps, setting A) measured DanceOPD 0.675 s, Flow-OPD 3.18 s (4.7x), DiffusionOPD
+# 11.8 s (17.4x). They get the steps that cost about DanceOPD's converged training time (matched wall time); the
+# report prints every row's steps, s/step and wall time next to its scores.
+DENSE_STEPS = {"diffusionopd": 170, "flowopd": 640}
 ABLATION_STEPS = 200
 ABLATION_EVAL_N = 40
-CURVE = (100, 200, 300)
-CURVE_N = 16
 
 
-def full_plan_stage1(seed: int = 0) -> list[Cell]:
-    """Every method in both settings (seed 0), curves for the main rows, and the ablations (setting A)."""
-    cells = teacher_cells()
-    for s in ("A", "B"):
-        for m in FULL_ORDER:
-            main = m in ("danceopd", "joint_sft", "offpolicy")
-            steps = FULL_STEPS.get(m)
-            cells.append(_distill(s, m, seed, steps=steps, curve=CURVE if main else (),
-                                  curve_n=CURVE_N if main else None))
+def ablation_cells(seed: int = 0) -> list[Cell]:
+    """The ablations (setting A, ABLATION_STEPS steps, n = ABLATION_EVAL_N): a shorter budget than the comparison."""
     A, abl_steps, n = "A", ABLATION_STEPS, ABLATION_EVAL_N
+    cells = []
 
     def abl(method, extra, name, value):
         return _distill(A, method, seed, steps=abl_steps, eval_n=n, extra=extra,
@@ -147,28 +142,9 @@ def full_plan_stage1(seed: int = 0) -> list[Cell]:
     return cells
 
 
-def full_plan_stage2(scores: dict[str, dict], seeds=(1, 2)) -> list[Cell]:
-    """Extra seeds for DanceOPD and the two strongest baselines per setting (ranked on seed-0 results)."""
-    cells = []
-    for s in ("A", "B"):
-        ranked = []
-        for m in METHODS_ALL:
-            if m == "danceopd":
-                continue
-            sc = scores.get(f"{s}/{m}/s0")
-            if sc is not None:
-                ranked.append((overall_quality(sc, s), m))
-        best = [m for _, m in sorted(ranked, reverse=True)[:2]]
-        for m in ["danceopd", *best]:
-            for seed in seeds:
-                cells.append(_distill(s, m, seed, steps=FULL_STEPS.get(m)))
-    return cells
-
-
-def stage2_candidate_ids(seeds=(1, 2)) -> set[str]:
-    """Ids of every cell :func:`full_plan_stage2` could plan (which ones depends on the seed-0 scores)."""
-    return {_distill(s, m, seed, steps=FULL_STEPS.get(m)).id for s in ("A", "B") for m in METHODS_ALL
-            for seed in seeds}
+def full_plan_stage1(seed: int = 0) -> list[Cell]:
+    """The first stage of the full preset: the teachers' scores and the learning-rate x guidance grid."""
+    return teacher_cells() + grid_cells()
 
 
 def overall_quality(scores: dict, setting: str) -> float:
@@ -179,3 +155,116 @@ def overall_quality(scores: dict, setting: str) -> float:
     if setting == "A" and g is not None and o is not None:
         return (10 * g + o) / 2
     return o if o is not None else float("nan")
+
+
+# ---- the comparison at convergence (docs/reproduce.md, "Budget and seeds") ---------------------------------------
+# Every main method sees both routes in every optimizer step, 16 samples each (configs/world/setting_*.yaml), so a
+# step is 32 training samples for every method and steps are matched samples. The protocol, in stages:
+#   1. grid:     learning rate x sampling guidance per (setting, method), GRID_STEPS steps, scored on VAL_SEED;
+#   2. curves:   seed 0 of every main method with its chosen settings to CONVERGE_STEPS, scored every few hundred
+#                steps on VAL_SEED (the budget is read off these curves);
+#   3. seeds:    DanceOPD and the strongest baseline to 5 seeds, the other main methods to 3, at the budget;
+#   4. the rest: dense on-policy baselines at DanceOPD's wall time, weight merge, ablations (shorter budget).
+# Final scores of a seed-s cell use evaluation seed s (disjoint prompt / edit sets per seed, never VAL_SEED).
+MAIN_METHODS = ("danceopd", "joint_sft", "offpolicy", "soft_mix")
+LR_GRID = (1e-4, 2e-4, 5e-4)
+SCALE_GRID = (1.0, 2.0, 3.0)   # text guidance the trained student samples with (1 = CFG absorbed)
+GRID_STEPS = 400
+GRID_N = 24
+VAL_SEED = 10_000
+CONVERGE_STEPS = 3000
+CONVERGE_CURVE = (250, 500, 1000, 1500, 2000, 2500)
+CONVERGE_CURVE_N = 50
+SEEDS_BEST, SEEDS_OTHER = 5, 3
+
+
+def grid_cells() -> list[Cell]:
+    """Stage 1: learning rate (trained) x sampling guidance (evaluated) for every main method in both settings."""
+    return [_distill(s, m, 0, steps=GRID_STEPS, eval_n=GRID_N, extra=[f"train.lr={lr:g}"], eval_seed=VAL_SEED,
+                     sample_scales=SCALE_GRID, tag_extra={"grid": "lr", "value": f"{lr:g}"})
+            for s in ("A", "B") for m in MAIN_METHODS for lr in LR_GRID]
+
+
+def choose_hparams(grid: dict[str, dict], setting: str, method: str) -> tuple[float, float]:
+    """(lr, sampling text scale) with the best validation overall quality among the finished grid cells of
+    (setting, method); ties go to the smaller learning rate and the smaller scale."""
+    best = None
+    for rec in grid.values():
+        t = rec.get("tags", {})
+        if t.get("grid") != "lr" or t.get("setting") != setting or t.get("method") != method:
+            continue
+        for scale, sc in (rec.get("by_scale") or {}).items():
+            q = overall_quality(sc, setting)
+            cand = (q, -float(t["value"]), -float(scale))
+            if q == q and (best is None or cand > best):
+                best = cand
+    if best is None:
+        raise KeyError(f"no finished grid cell for {setting}/{method}")
+    return -best[1], -best[2]
+
+
+def _converged(setting, method, seed, hp, curve=False):
+    lr, scale = hp
+    return _distill(setting, method, seed, steps=CONVERGE_STEPS,
+                    extra=[f"train.lr={lr:g}", f"sampling.text_scale={scale:g}"],
+                    curve=CONVERGE_CURVE if curve else (), curve_n=CONVERGE_CURVE_N if curve else None,
+                    tag_extra=None)
+
+
+def curve_cells(grid: dict[str, dict]) -> list[Cell]:
+    """Stage 2: seed 0 of every main method in both settings with its grid-chosen settings, with curves."""
+    cells = []
+    for s in ("A", "B"):
+        for m in MAIN_METHODS:
+            c = _converged(s, m, 0, choose_hparams(grid, s, m), curve=True)
+            c.tags.update({"lr": choose_hparams(grid, s, m)[0], "sample_scale": choose_hparams(grid, s, m)[1]})
+            cells.append(c)
+    return cells
+
+
+def seed_cells(grid: dict[str, dict], seed0: dict[str, dict]) -> list[Cell]:
+    """Stage 3: more seeds at the budget: SEEDS_BEST for DanceOPD and the strongest baseline of each setting (by
+    seed-0 overall quality), SEEDS_OTHER for the other main methods."""
+    cells = []
+    for s in ("A", "B"):
+        ranked = sorted(((overall_quality(r["scores"], s), r["tags"]["method"]) for r in seed0.values()
+                         if r["tags"].get("setting") == s and r["tags"].get("method") != "danceopd"), reverse=True)
+        best = ranked[0][1] if ranked else None
+        for m in MAIN_METHODS:
+            n = SEEDS_BEST if m in ("danceopd", best) else SEEDS_OTHER
+            hp = choose_hparams(grid, s, m)
+            for seed in range(1, n):
+                c = _converged(s, m, seed, hp)
+                c.tags.update({"lr": hp[0], "sample_scale": hp[1]})
+                cells.append(c)
+    return cells
+
+
+def _done(recs: dict[str, dict], cells: list[Cell]) -> dict[str, dict] | None:
+    """The records of ``cells`` if every one has finished, else None."""
+    got = {c.id: recs[c.id] for c in cells if recs.get(c.id, {}).get("status") == "done"}
+    return got if len(got) == len(cells) else None
+
+
+def curve_stage(recs: dict[str, dict]) -> list[Cell] | None:
+    """Stage 2 once the grid is complete (None before)."""
+    grid = _done(recs, grid_cells())
+    return None if grid is None else curve_cells(grid)
+
+
+def seed_stage(recs: dict[str, dict]) -> list[Cell] | None:
+    """Stage 3 once the seed-0 curve cells are complete, then stage 4 (weight merge, the dense baselines at
+    DanceOPD's wall time, ablations) in the same list (None before)."""
+    grid = _done(recs, grid_cells())
+    seed0 = None if grid is None else _done(recs, curve_cells(grid))
+    if seed0 is None:
+        return None
+    rest = [_distill(s, "weight_merge", 0) for s in ("A", "B")]
+    rest += [_distill(s, m, 0, steps=DENSE_STEPS[m], tag_extra=None) for s in ("A", "B") for m in DENSE_STEPS]
+    return seed_cells(grid, seed0) + rest + ablation_cells(0)
+
+
+def later_stage_ids() -> set[str]:
+    """Ids of every cell a later stage could plan (for checking ``--force`` ids before any work)."""
+    ids = {_distill(s, m, seed).id for s in ("A", "B") for m in METHODS_ALL for seed in range(SEEDS_BEST)}
+    return ids | {c.id for c in ablation_cells(0)}

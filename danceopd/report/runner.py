@@ -7,6 +7,7 @@ import json
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -28,12 +29,20 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}".strip()
 
 
-def evaluate_model(model: str, suite: str, n: int | None, seed: int, out: Path | None = None) -> dict:
-    """Scores of one model with the evaluation suite (see ``danceopd.eval``)."""
+def device() -> str:
+    """Where cells run: ``cuda`` when a GPU is visible (``reproduce --device cpu`` hides it), else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_model(model: str, suite: str, n: int | None, seed: int, out: Path | None = None, **sample_kw) -> dict:
+    """Scores of one model with the evaluation suite (see ``danceopd.eval``); ``sample_kw`` overrides the model's
+    sampler (e.g. ``text_scale=``)."""
     from ..eval.generators import resolve_generator
     from ..eval.suite import evaluate
 
-    gen = resolve_generator(model, 32)
+    gen = resolve_generator(model, 32, device=device(), **sample_kw)
     kw = {} if n is None else {"n": n}
     return evaluate(gen, suite=suite, seed=seed, **kw)
 
@@ -47,15 +56,17 @@ def cell_command(cell: Cell, run_dir: Path) -> str:
     return f"danceopd {verb} --config configs/world/{cell.config} {sets} --out {run_dir}"
 
 
-def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = False, log=print) -> dict:
-    """Run (or reuse) one cell; returns its record (``cell.json``)."""
+def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = False, log=print,
+             published: Path | None = None, progress: bool = True) -> dict:
+    """Run (or reuse) one cell; returns its record (``cell.json``). ``published``: a folder of published cells
+    (``results/full``): a finished cell found there is taken over instead of being run again."""
     d = root / "cells" / cell.dirname
     rec_path = d / "cell.json"
     if force and d.exists():
         import shutil
 
         shutil.rmtree(d)
-    done = _read_done(cell, root)
+    done = _read_done(cell, root) or (None if force or published is None else adopt_published(cell, root, published))
     if done:
         return done
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
@@ -66,13 +77,15 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     wall0 = rec.get("wall_time_s", 0.0)
     run_dir = d / "run"
     rec["command"] = cell_command(cell, run_dir)
+    eval_seed = cell.seed if cell.eval_seed is None else cell.eval_seed
     if cell.kind == "teacher":
         model = teacher_map.get(cell.model, cell.model)
         rec["model"] = model
-        rec["scores"] = evaluate_model(model, cell.suite, cell.eval_n, cell.seed)
+        rec["scores"] = evaluate_model(model, cell.suite, cell.eval_n, eval_seed)
     else:
         from ..config import load_config
         from ..train.distill import DistillConfig, train_distill
+        from .plan import VAL_SEED
 
         overrides = list(cell.overrides)
         cfg = load_config(DistillConfig, CONFIG_DIR / cell.config, overrides)
@@ -84,22 +97,103 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         done_points = {p["step"] for p in rec["curve"]}
         for s in [*(c for c in cell.curve if c < final_steps), final_steps]:
             cfg.train.steps = s
-            train_distill(cfg, run_dir, resume=True)
-            if s in cell.curve and s not in done_points:
-                sc = evaluate_model(str(run_dir), cell.suite, cell.curve_n, cell.seed)
-                rec["curve"].append({"step": s, "scores": sc})
+            train_distill(cfg, run_dir, resume=True, progress=progress)
+            if s in cell.curve and s not in done_points:   # curves are validation: scored on VAL_SEED
+                sc = evaluate_model(str(run_dir), cell.suite, cell.curve_n, VAL_SEED)
+                rec["curve"].append({"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)})
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)
         final = json.loads((run_dir / "final.json").read_text())
         rec["steps"] = final.get("steps", final_steps)  # 0 for weight_merge (no training)
         rec["sec_per_step"] = final.get("sec_per_step")
         rec["train_wall_time_s"] = final.get("wall_time_s")
-        rec["scores"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, cell.seed)
+        rec["scores"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
+        if cell.sample_scales:   # grid cells: the same student sampled with each guidance scale
+            from ..backends.registry import load_backend
+
+            own = f"{load_backend(str(run_dir)).sampling.text_scale:g}"   # already scored above
+            rec["by_scale"] = {f"{x:g}": rec["scores"] if f"{x:g}" == own else
+                               evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed, text_scale=x)
+                               for x in cell.sample_scales}
         rec["model"] = str(run_dir / "model.safetensors")
     rec["status"] = "done"
     rec["wall_time_s"] = wall0 + time.time() - t0
     write_json_atomic(rec_path, rec)
     return rec
+
+
+def _train_wall(run_dir: Path) -> float | None:
+    p = run_dir / "final.json"
+    return json.loads(p.read_text()).get("wall_time_s") if p.exists() else None
+
+
+# ---- published cells: records (and the weights the report needs) kept in the repository ------------------------
+def published_paths(cell: Cell, dest: Path) -> tuple[Path, Path]:
+    """(record, fp16 student weights) of ``cell`` under a publish folder."""
+    return dest / "cells" / f"{cell.dirname}.json", dest / "students" / f"{cell.dirname}.safetensors"
+
+
+def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]:
+    """Copy a finished cell's record (and, with ``weights``, its student in fp16) to ``dest``; returns the paths
+    written. Each file is replaced atomically."""
+    rec_dst, w_dst = published_paths(cell, dest)
+    out = [rec_dst]
+    write_json_atomic(rec_dst, rec)
+    src = Path(rec.get("model") or "")
+    if weights and cell.kind == "distill" and src.is_file():
+        import torch
+
+        from ..backends.registry import load_backend
+        from ..backends.world import save_world_model
+
+        be = load_backend(str(src))
+        w_dst.parent.mkdir(parents=True, exist_ok=True)
+        save_world_model(be.net, be.tokenizer, w_dst, be.sampling, dtype=torch.float16,
+                         meta={"cell": cell.id, "key": cell.key(), "source": "fp16 copy of the cell's student"})
+        out.append(w_dst)
+    return out
+
+
+def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
+    """A published finished record of ``cell`` (same key), copied into ``root`` so the run reuses it; its student
+    (when published) becomes the cell's model. None when ``dest`` has no such record."""
+    import shutil
+
+    rec_src, w_src = published_paths(cell, dest)
+    if not rec_src.is_file():
+        return None
+    rec = json.loads(rec_src.read_text())
+    if rec.get("status") != "done" or rec.get("key") != cell.key():
+        return None
+    d = root / "cells" / cell.dirname
+    if w_src.is_file():
+        (d / "run").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(w_src, d / "run" / "model.safetensors")
+        rec["model"] = str(d / "run" / "model.safetensors")
+    elif cell.kind == "distill":
+        rec["model"] = None          # scores only: the student itself was not published
+    rec["adopted_from"] = str(rec_src)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(d / "cell.json", rec)
+    return _read_done(cell, root)
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commit exactly ``paths`` (nothing else staged is included); retried while another git holds the lock."""
+    for attempt in range(20):
+        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
+        if add.returncode == 0:
+            res = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
+                                 capture_output=True, text=True)
+            if res.returncode == 0 or "nothing to commit" in res.stdout + res.stderr:
+                return
+            err = res.stderr
+        else:
+            err = add.stderr
+        if "index.lock" not in err:
+            raise UserError(f"git commit of {paths[0]} failed: {err.strip()[:200]}")
+        time.sleep(1 + attempt)
+    raise UserError(f"git commit of {paths[0]} failed: the git index stayed locked")
 
 
 def check_force(force, ids) -> None:
@@ -109,21 +203,78 @@ def check_force(force, ids) -> None:
             raise UserError(f"--force {f!r}: no such cell; cells: {', '.join(sorted(ids))}")
 
 
+@dataclass
+class Publisher:
+    """Where finished cells go as they finish: ``dest`` (e.g. results/full) gets each record, and the fp16 student
+    of cells with curves (the ones the report draws); ``commit`` commits those files at once, so a lost machine
+    costs at most the cells that were running."""
+
+    dest: Path
+    commit: bool = False
+
+    def __call__(self, cell: Cell, rec: dict) -> None:
+        paths = publish_cell(cell, rec, self.dest, weights=bool(cell.curve))
+        if self.commit:
+            git_commit(paths, f"results: cell {cell.id} ({cell.key()})")
+
+
+def _cell_job(cell: Cell, root: Path, teacher_map: dict, force: bool, published: Path | None,
+              threads: int) -> dict:
+    """One cell in a worker process of ``run_plan(jobs > 1)``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_cell(cell, root, teacher_map, force=force, published=published, progress=False)
+
+
 def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None = None, force: list[str] = (),
-             log=print, check: bool = True) -> dict[str, dict]:
+             log=print, check: bool = True, publisher: Publisher | None = None, jobs: int = 1) -> dict[str, dict]:
     """Run (or reuse) every cell; ``force`` ids are redone. ``check=False`` skips the ``--force`` check (the
-    caller checked the ids against all stages; a stage redoes only its own forced cells)."""
-    if check:
-        check_force(force, {c.id for c in cells})
-    out = {}
+    caller checked the ids against all stages; a stage redoes only its own forced cells). ``publisher``: called
+    with each newly finished cell (published cells under its folder are reused). ``jobs > 1``: that many cells at
+    once in worker processes (each with cores / jobs torch threads; on a GPU all share it)."""
+    import os
+
     from tqdm import tqdm
 
-    bar = tqdm(cells, desc="reproduce", unit="cell")
-    for c in bar:
-        bar.set_postfix_str(c.id)
-        out[c.id] = run_cell(c, root, teacher_map or {}, force=c.id in force, log=log)
+    if check:
+        check_force(force, {c.id for c in cells})
+    published = publisher.dest if publisher else None
+    out: dict[str, dict] = {}
+    bar = tqdm(total=len(cells), desc="reproduce", unit="cell")
+
+    def finish(c: Cell, rec: dict, was_done: bool):
+        out[c.id] = rec
+        if publisher is not None and not was_done and "adopted_from" not in rec:
+            publisher(c, rec)
+        bar.update(1)
+
+    todo = []
+    for c in cells:
+        rec = None if c.id in force else _read_done(c, root)
+        if rec is None and c.id not in force and published is not None:
+            rec = adopt_published(c, root, published)
+        if rec is not None:
+            finish(c, rec, True)
+        else:
+            todo.append(c)
+    if jobs <= 1:
+        for c in todo:
+            bar.set_postfix_str(c.id)
+            finish(c, run_cell(c, root, teacher_map or {}, force=c.id in force, log=log, published=published), False)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 2) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(_cell_job, c, root, teacher_map or {}, c.id in force, published, threads): c
+                    for c in todo}
+            for f in as_completed(futs):
+                bar.set_postfix_str(futs[f].id)
+                finish(futs[f], f.result(), False)
     bar.close()
-    return out
+    return {c.id: out[c.id] for c in cells}
 
 
 def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:

@@ -10,11 +10,15 @@ from danceopd.errors import UserError
 from danceopd.report import runner
 from danceopd.report.plan import (
     Cell,
+    ablation_cells,
+    choose_hparams,
+    curve_stage,
     full_plan_stage1,
-    full_plan_stage2,
+    grid_cells,
+    later_stage_ids,
     overall_quality,
     quick_plan,
-    stage2_candidate_ids,
+    seed_stage,
 )
 from danceopd.report.report import md_to_html, write_report
 
@@ -52,7 +56,7 @@ def test_plan_cells_and_keys():
     q = quick_plan()
     assert [c.id for c in q] == ["teacher/t2i", "teacher/edit", "A/joint_sft/s0", "A/offpolicy/s0",
                                  "A/danceopd/s0"]
-    full = full_plan_stage1()
+    full = full_plan_stage1() + ablation_cells()
     ids = [c.id for c in full]
     assert len(ids) == len(set(ids))
     # no training is run twice: distinct cells differ in what they compute, not only in their name
@@ -65,12 +69,55 @@ def test_plan_cells_and_keys():
     a, b = Cell("x", "distill", config="A_danceopd.yaml"), Cell("x", "distill", config="A_danceopd.yaml",
                                                                  overrides=["query.k=2"])
     assert a.key() != b.key() and a.key() == Cell("x", "distill", config="A_danceopd.yaml").key()
-    scores = {f"{s}/{m}/s0": fake_scores(m, "all", 1, 0) for s in "AB" for m in
-              ("joint_sft", "offpolicy", "soft_mix", "danceopd")}
-    st2 = full_plan_stage2(scores)
-    assert {c.tags["method"] for c in st2 if c.tags["setting"] == "A"} >= {"danceopd"}
-    assert len(st2) == 2 * 3 * 2  # 2 settings x (danceopd + 2 best) x 2 extra seeds
     assert overall_quality(fake_scores("m", "all", 1, 0), "A") > 0
+
+
+def _finished(cells, score=lambda c: 5.0, by_scale=None):
+    """Fake finished records of ``cells``: GEdit O / GenEval from ``score(cell)``."""
+    out = {}
+    for c in cells:
+        v = score(c)
+        sc = {"gedit": {"avg": {"o": v}}, "geneval": {"overall": v / 10}}
+        rec = {"id": c.id, "status": "done", "tags": c.tags, "scores": sc}
+        if c.sample_scales:
+            rec["by_scale"] = {f"{x:g}": by_scale(c, x) if by_scale else sc for x in c.sample_scales}
+        out[c.id] = rec
+    return out
+
+
+def test_full_preset_stages_follow_the_grid_and_the_curves():
+    """Grid -> curves (each method with its best validation lr and sampling scale) -> seeds (5 for DanceOPD and
+    the strongest baseline, 3 for the others) + the rest; a stage is planned only once the one before finished."""
+    grid = grid_cells()
+    assert len(grid) == 2 * 4 * 3 and all(c.eval_seed == 10_000 and c.sample_scales for c in grid)
+    assert curve_stage({}) is None
+
+    def by_scale(c, x):   # best: lr 5e-4 for offpolicy, 1e-4 elsewhere; scale 3 for joint SFT, 1 elsewhere
+        lr = float(c.tags["value"])
+        good_lr = 5e-4 if c.tags["method"] == "offpolicy" else 1e-4
+        good_x = 3.0 if c.tags["method"] == "joint_sft" else 1.0
+        v = 5.0 + (lr == good_lr) + (x == good_x)
+        return {"gedit": {"avg": {"o": v}}, "geneval": {"overall": v / 10}}
+
+    recs = _finished(grid, by_scale=by_scale)
+    assert choose_hparams(recs, "A", "offpolicy") == (5e-4, 1.0)
+    assert choose_hparams(recs, "B", "joint_sft") == (1e-4, 3.0)
+    curves = curve_stage(recs)
+    assert len(curves) == 8 and all(c.curve and c.curve_n == 50 for c in curves)
+    sft = next(c for c in curves if c.id == "A/joint_sft/s0")
+    assert "train.lr=0.0001" in sft.overrides and "sampling.text_scale=3" in sft.overrides
+    assert seed_stage(recs) is None
+    recs.update(_finished(curves, score=lambda c: {"danceopd": 7, "soft_mix": 6.5}.get(c.tags["method"], 6)))
+    later = seed_stage(recs)
+    seeds = [c for c in later if "ablation" not in c.tags and c.tags["method"] in
+             ("danceopd", "joint_sft", "offpolicy", "soft_mix")]
+    count = {(c.tags["setting"], c.tags["method"]): 0 for c in seeds}
+    for c in seeds:
+        count[(c.tags["setting"], c.tags["method"])] += 1
+    assert count[("A", "danceopd")] == count[("A", "soft_mix")] == 4      # seeds 1-4 (+ seed 0 = 5)
+    assert count[("A", "joint_sft")] == count[("B", "offpolicy")] == 2    # seeds 1-2 (+ seed 0 = 3)
+    assert {c.id for c in later} <= later_stage_ids() | {c.id for c in later if "ablation" in c.tags}
+    assert {c.tags.get("ablation") for c in later} >= {"k", "cfg"}
 
 
 def test_runner_caches_resumes_and_forces(setup):
@@ -172,15 +219,13 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     assert "no such cell" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
-def test_force_ids_cover_both_full_stages():
-    """A stage-1 cell forced in the full preset must not make stage 2 fail (it used to, after stage 1 had run)."""
-    ids = {c.id for c in full_plan_stage1(0)} | stage2_candidate_ids()
-    runner.check_force(["A/flowopd/s0", "B/danceopd/s2", "A/soft_mix/s1"], ids)
+def test_force_ids_cover_every_full_stage():
+    """A cell of a later stage forced in the full preset is accepted up front; an unknown id is refused."""
+    ids = {c.id for c in full_plan_stage1(0)} | later_stage_ids()
+    runner.check_force(["A/flowopd/s0", "B/danceopd/s4", "A/soft_mix/s1", "A/danceopd/s0/grid=lr,value=0.0005"],
+                       ids)
     with pytest.raises(UserError, match="no such cell"):
-        runner.check_force(["A/flowopd/s3"], ids)
-    stage2 = full_plan_stage2({f"{s}/{m}/s0": {"gedit": {"avg": {"o": 1.0}}} for s in "AB"
-                               for m in ("joint_sft", "offpolicy")})
-    assert {c.id for c in stage2} <= stage2_candidate_ids()
+        runner.check_force(["A/flowopd/s7"], ids)
 
 
 def test_cell_key_follows_the_shipped_teacher_weights(tmp_path, monkeypatch):
@@ -209,13 +254,13 @@ def test_report_ablations_with_cfg_sampling_cost(setup):
     import re
 
     root, tmap = setup
-    plan = full_plan_stage1()
+    plan = ablation_cells()
     cells = [c for c in plan if c.tags.get("ablation") == "k"][:1] + [c for c in plan if c.tags.get("ablation") == "cfg"][:2]
     recs = runner.run_plan(_tiny(cells), root / "r", tmap)
     md = write_report(recs, root / "r", "t", "cmd").read_text()
     assert "### CFG absorption" in md and "### Queries per rollout K" in md
     # the default-config cell is also a point of the other ablations
-    recs2 = runner.run_plan(_tiny([c for c in full_plan_stage1() if c.tags.get("value") == "hard"]), root / "r2", tmap)
+    recs2 = runner.run_plan(_tiny([c for c in ablation_cells() if c.tags.get("value") == "hard"]), root / "r2", tmap)
     md2 = write_report(recs2, root / "r2", "t", "cmd").read_text()
     for title in ("Hard vs soft routing", "Query bias", "Queries per rollout K", "Rollout steps",
                   "Student initialization", "CFG absorption"):
