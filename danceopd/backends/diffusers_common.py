@@ -51,6 +51,7 @@ FORMAT = "danceopd.diffusers/1"
 MODEL_JSON = "danceopd_model.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 CHECK_FILE = "lora_check.safetensors"
+EDIT_WEIGHTS_FILE = "danceopd_edit_weights.safetensors"
 TESTED_DIFFUSERS = "0.42.1"
 FAMILY_NAMES = ("world", "sd3", "zimage", "flux_kontext")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +81,23 @@ class DiffusersOptions:
             raise ValueError("diffusers.max_sequence_length must be in [1, 512]")
         if self.cache_size < 0:
             raise ValueError("diffusers.cache_size must be >= 0")
+
+
+def check_precision(dtype: str, mixed_precision: str) -> None:
+    """Refuse (ValueError, one line) a weight dtype / mixed-precision pair that cannot train. float16 weights under
+    bf16 autocast fail in all three backends (measured on CPU: layer norms and autocast reject the fp16/bf16 mix)
+    and could gain nothing over bfloat16 weights."""
+    if dtype == "float16" and mixed_precision == "bf16":
+        raise ValueError("diffusers.dtype=float16 with train.mixed_precision=bf16 cannot train (bf16 autocast over "
+                         "float16 weights mixes two 16-bit formats); use diffusers.dtype: bfloat16 with bf16, or "
+                         "train.mixed_precision: no with float16")
+
+
+def check_device_dtype(dtype: torch.dtype, what: str = "diffusers.dtype=bfloat16") -> None:
+    """bfloat16 on a CUDA GPU without bfloat16 support (pre-Ampere) fails at the first kernel: refuse it up front."""
+    if dtype == torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{what}: this GPU ({torch.cuda.get_device_name()}) has no bfloat16 support; use "
+                        "diffusers.dtype: float16 with train.mixed_precision: no")
 
 
 def require_diffusers(family: str, attr: str | None = None):
@@ -494,6 +512,34 @@ class DiffusersBackend:
         raise NotImplementedError
 
 
+def _cast_in(module, args):
+    x = args[0] if args else None
+    w = next(module.parameters())
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != w.dtype:
+        module._danceopd_io_dtype = x.dtype
+        return (x.to(w.dtype), *args[1:])
+    module._danceopd_io_dtype = None
+    return None
+
+
+def _cast_out(module, args, out):
+    dt = getattr(module, "_danceopd_io_dtype", None)
+    if dt is not None and isinstance(out, torch.Tensor):
+        return out.to(dt)
+    return None
+
+
+def cast_io_to_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """A float32 trainable layer inside a 16-bit frozen model (an SD3 edit student's widened patch embedding over
+    bf16 / fp16 weights): its input is cast to its weights' dtype and its output back to the input's dtype
+    (a no-op when they agree; under autocast the layer still runs in autocast's dtype). Idempotent."""
+    if not getattr(module, "_danceopd_io_cast", False):
+        module.register_forward_pre_hook(_cast_in)
+        module.register_forward_hook(_cast_out)
+        module._danceopd_io_cast = True
+    return module
+
+
 def stack_entries(entries: list[tuple]) -> list[torch.Tensor]:
     return [torch.stack([e[i] for e in entries]) for i in range(len(entries[0]))]
 
@@ -552,6 +598,7 @@ class DiffusersFamily:
             raise UserError(f"backend {self.name!r} does not support FSDP yet: the student is exported from the main "
                             "process, which needs unsharded weights; use configs/accelerate/ddp.yaml or "
                             "deepspeed_zero2.yaml (with diffusers.teacher_device: cpu_offload to save memory)")
+        check_device_dtype(DTYPES[opts.dtype])
         return type(self)(opts)
 
     @property
@@ -707,9 +754,12 @@ class DiffusersFamily:
         tr.requires_grad_(not use_lora)
         if use_lora:
             self._add_lora(tr, lora)
-            for p in self.edit_parameters(tr).values():
+            extra = self.edit_parameters(tr)
+            for p in extra.values():
                 p.data = p.data.float()
                 p.requires_grad_(True)
+            for name in sorted({n.rsplit(".", 1)[0] for n in extra}):
+                cast_io_to_weights(unwrap(tr).get_submodule(name))
         else:
             tr.float()
         if self.opts.gradient_checkpointing:
@@ -769,7 +819,7 @@ class DiffusersFamily:
                                                 transformer_lora_adapter_metadata=net.peft_config["default"].to_dict())
             extra = self.edit_parameters(net)
             if extra:
-                info["edit_weights"] = "danceopd_edit_weights.safetensors"
+                info["edit_weights"] = EDIT_WEIGHTS_FILE
                 save_file({k: v.detach().float().contiguous().cpu() for k, v in extra.items()},
                           str(out / info["edit_weights"]))
         else:
@@ -831,14 +881,22 @@ def is_diffusers_run(path) -> bool:
     return Path(str(path)).is_dir() and (Path(str(path)) / MODEL_JSON).is_file()
 
 
+def generation_dtype(device: torch.device) -> str:
+    """Weights for sampling: bfloat16 on a GPU that has it, float16 on older GPUs, float32 on the CPU."""
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 def load_for_generation(model: str | None = None, pipeline: str | None = None, lora: str | None = None,
-                        resolution: int | None = None, device=None):
+                        resolution: int | None = None, device=None, dtype: str | None = None):
     """A backend for ``danceopd sample/edit``: ``--pipeline DIR [--lora DIR|FILE]`` (the diffusers pipeline, the
-    LoRA loaded with ``load_lora_weights``) or ``--model RUN`` (a danceopd diffusers run folder)."""
+    LoRA loaded with ``load_lora_weights``) or ``--model RUN`` (a danceopd diffusers run folder). ``dtype``: the
+    weights' dtype (default ``generation_dtype``)."""
     from .registry import get_family
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = dtype or generation_dtype(device)
     info: dict = {}
     if pipeline is None:
         info = json.loads((Path(model) / MODEL_JSON).read_text(encoding="utf-8"))

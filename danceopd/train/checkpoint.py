@@ -8,6 +8,13 @@ Pruning (``checkpoints_total_limit``) only ever deletes older checkpoints, never
 Model weights go through ``accelerator.save_state`` (safetensors) and our own tensors through safetensors; trainer
 state (RNG states, data-stream positions, counters) is JSON. Nothing is unpickled on load: the optimizer and
 scheduler states load with ``torch.load(weights_only=True)`` inside ``accelerator.load_state``.
+
+A model with LoRA layers (a LoRA student) is saved with only what trains: Accelerate save/load hooks
+(``register_state_hooks``, the mechanism of the diffusers training examples) cut its ``model.safetensors`` down to
+the parameters that require grad (the LoRA tensors, an SD3 edit student's widened patch embedding) and write
+``model_state.json`` (which keys, plus a fingerprint of the frozen weights). On resume the frozen weights are the
+ones the run rebuilt from its config; the fingerprint refuses a resume on top of different ones (an init folder
+changed on disk).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
+MODEL_STATE = "model_state.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -78,6 +86,84 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
+# ---- LoRA-sized model state (Accelerate save/load hooks) -----------------------------------------------------------
+def _has_lora(model) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _weights_file(i: int) -> str:
+    return "model.safetensors" if i == 0 else f"model_{i}.safetensors"
+
+
+@torch.no_grad()
+def frozen_fingerprint(model) -> list[float]:
+    """[count, sum, sum of |w|] over the frozen parameters, in float64 (one device sync)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    if not frozen:
+        return [0.0, 0.0, 0.0]
+    s = torch.stack([p.sum(dtype=torch.float64) for p in frozen]).sum()
+    a = torch.stack([p.abs().sum(dtype=torch.float64) for p in frozen]).sum()
+    return [float(sum(p.numel() for p in frozen)), *torch.stack([s, a]).cpu().tolist()]
+
+
+def _save_state_hook(models, weights, output_dir):
+    """Before ``save_state`` writes ``weights``: keep only the trainable parameters of models with LoRA layers."""
+    if len(weights) != len(models):        # DeepSpeed / FSDP save their models themselves
+        return
+    from accelerate import PartialState
+
+    info = {}
+    for i, model in enumerate(models):
+        if not _has_lora(model):
+            continue
+        keys = [n for n, p in model.named_parameters() if p.requires_grad]
+        weights[i] = {k: weights[i][k] for k in keys}
+        info[_weights_file(i)] = {"trainable_only": True, "keys": len(keys),
+                                  "frozen_fingerprint": frozen_fingerprint(model)}
+    if info and PartialState().is_main_process:
+        with open(Path(output_dir) / MODEL_STATE, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+
+
+def _load_state_hook(models, input_dir):
+    """Before ``load_state`` loads the models: load trainable-only weight files ourselves (strictly: exactly the
+    trainable parameters, on top of the same frozen weights) and take every model off Accelerate's list."""
+    meta = Path(input_dir) / MODEL_STATE
+    if not meta.is_file():
+        return                                 # full weight files: Accelerate loads them as usual
+    info = json.loads(meta.read_text(encoding="utf-8"))
+    for i, model in enumerate(models):
+        name = _weights_file(i)
+        dev = next(model.parameters()).device
+        sd = load_file(str(Path(input_dir) / name), device=str(dev))
+        rec = info.get(name)
+        if rec is None:                        # a full weight file next to a trainable-only one
+            model.load_state_dict(sd, strict=True)
+            continue
+        want = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(sd) != want:
+            extra, missing = sorted(set(sd) - want), sorted(want - set(sd))
+            raise RuntimeError(f"checkpoint {input_dir}: {name} holds other trainable parameters than this run's "
+                               f"student (unexpected {extra[:3]}, missing {missing[:3]})")
+        old, new = rec["frozen_fingerprint"], frozen_fingerprint(model)
+        if old[0] != new[0] or any(abs(a - b) > 1e-6 * max(1.0, abs(old[2])) for a, b in zip(old[1:], new[1:])):
+            raise RuntimeError(f"checkpoint {input_dir}: the student's frozen weights differ from the ones this "
+                               "checkpoint was trained on (did the student.init files change?); cannot resume")
+        model.load_state_dict(sd, strict=False)
+    models.clear()
+
+
+def register_state_hooks(accelerator) -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` store LoRA models trainable-only (idempotent)."""
+    if getattr(accelerator, "_danceopd_state_hooks", False):
+        return
+    accelerator.register_save_state_pre_hook(_save_state_hook)
+    accelerator.register_load_state_pre_hook(_load_state_hook)
+    accelerator._danceopd_state_hooks = True
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"checkpoint-{step:08d}"
 
@@ -92,6 +178,7 @@ def save_checkpoint(accelerator, run_dir, step: int, state: dict, tensors: dict[
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    register_state_hooks(accelerator)
     accelerator.save_state(str(tmp), safe_serialization=True)
     with open(tmp / f"trainer_state_{accelerator.process_index}.json", "w", encoding="utf-8") as f:
         json.dump({**state, "rng": rng_state()}, f)
@@ -188,6 +275,7 @@ def load_checkpoint(accelerator, ckpt: Path) -> tuple[dict, dict[str, torch.Tens
     why = verify(ckpt)
     if why is not None:
         raise RuntimeError(f"checkpoint {ckpt} is not usable: {why}")
+    register_state_hooks(accelerator)
     accelerator.load_state(str(ckpt))
     with open(ckpt / f"trainer_state_{accelerator.process_index}.json", encoding="utf-8") as f:
         state = json.load(f)

@@ -182,6 +182,10 @@ class DistillConfig:
             raise ValueError(f"merge.coefficients: need {len(self.routes)} values (one per route)")
         if self.method == "flowopd" and self.train.batch_size % self.flowopd.group_size:
             raise ValueError("flowopd: train.batch_size must be a multiple of flowopd.group_size")
+        if self.backend != "world":
+            from ..backends.diffusers_common import check_precision
+
+            check_precision(self.diffusers.dtype, self.train.mixed_precision)
 
 
 def method_config(cfg: DistillConfig) -> MethodConfig:
