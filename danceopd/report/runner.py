@@ -138,6 +138,7 @@ def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]
     written. Each file is replaced atomically."""
     rec_dst, w_dst = published_paths(cell, dest)
     out = [rec_dst]
+    rec_dst.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(rec_dst, rec)
     src = Path(rec.get("model") or "")
     if weights and cell.kind == "distill" and src.is_file():
@@ -180,11 +181,13 @@ def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
 
 def git_commit(paths: list[Path], message: str) -> None:
     """Commit exactly ``paths`` (nothing else staged is included); retried while another git holds the lock."""
+    paths = [Path(p).resolve() for p in paths]
+    repo = paths[0].parent   # git runs in the repository that holds the published files
     for attempt in range(20):
-        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
+        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True, cwd=repo)
         if add.returncode == 0:
             res = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, cwd=repo)
             if res.returncode == 0 or "nothing to commit" in res.stdout + res.stderr:
                 return
             err = res.stderr

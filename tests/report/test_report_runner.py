@@ -268,3 +268,31 @@ def test_report_ablations_with_cfg_sampling_cost(setup):
     row = next(ln for ln in md.splitlines() if ln.startswith("| a1_b1 "))
     assert re.search(r"\| 1 / \d+\.\d \|$", row), row
     assert (root / "r" / "figures" / "ablation_cfg.png").exists()
+
+
+def test_published_cells_are_reused_on_a_fresh_machine(setup):
+    """Each finished cell is published as it finishes (record; fp16 student for cells with curves); a new run
+    folder (a fresh clone) adopts published cells with the same key instead of training them again."""
+    root, tmap = setup
+    cells = _tiny(quick_plan())
+    cells[-1].curve = [1]                       # the DanceOPD cell: curve cell, so its student is published
+    pub = runner.Publisher(root / "pub")
+    recs = runner.run_plan(cells, root / "r1", tmap, publisher=pub)
+    rec_p, w_p = runner.published_paths(cells[-1], root / "pub")
+    assert rec_p.is_file() and w_p.is_file()
+    assert not runner.published_paths(cells[2], root / "pub")[1].exists()   # no curve: record only
+    from safetensors import safe_open
+
+    with safe_open(str(w_p), "pt") as f:
+        assert all(f.get_tensor(k).dtype.is_floating_point and f.get_tensor(k).element_size() == 2
+                   for k in f.keys())
+    recs2 = runner.run_plan(_tiny(quick_plan()) [:-1] + [cells[-1]], root / "r2", tmap, publisher=pub)
+    for c in cells:
+        assert recs2[c.id]["scores"] == recs[c.id]["scores"]
+        assert "adopted_from" in recs2[c.id]
+        assert not (root / "r2" / "cells" / c.dirname / "run" / "checkpoints").exists()   # nothing trained
+    assert (root / "r2" / "cells" / cells[-1].dirname / "run" / "model.safetensors").is_file()
+    # a published record whose key differs (another config) is not adopted
+    other = _tiny(quick_plan())[-1]
+    other.overrides.append("query.bias=mid_t")
+    assert runner.adopt_published(other, root / "r3", root / "pub") is None
