@@ -28,7 +28,8 @@ def reproduce_cmd(
 ):
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
     from ..report.plan import full_plan_stage1, full_plan_stage2, quick_plan, stage2_candidate_ids
-    from ..report.report import write_report
+    from ..report.links import link_runs
+    from ..report.report import comparison_table, write_report
     from ..report.runner import check_force, load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
@@ -64,5 +65,9 @@ def reproduce_cmd(
     path = write_report(recs, out, f"DanceOPD in ShapesWorld — {preset} preset", cmd, planned=planned)
     if publish_dir:
         publish(out, publish_dir)
+    links = link_runs(recs, out)
+    typer.echo("\n" + comparison_table(recs)[0].split("\n\n")[0] + "\n")
+    if links:
+        typer.echo(f"students: {', '.join(str(p) for p in links)} (e.g. danceopd eval --model {links[-1]} ...)")
     typer.echo(f"report: {path} and {out / 'report.html'} ({len(recs)} of {planned} cells finished; "
                f"{(time.time() - t0) / 60:.1f} min this run)")

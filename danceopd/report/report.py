@@ -234,55 +234,45 @@ def curves_figure(recs, figdir: Path) -> str | None:
 
 
 def sample_grids(recs, figdir: Path, seed: int = 0, n: int = 6) -> str:
-    """Every model of a setting on the same prompts / instructions / seeds."""
-    from PIL import Image, ImageDraw
-
+    """Every model of a setting on the same prompts / instructions / seeds: one column per prompt or instruction
+    (header: number, category, text), rows = the edit input, the exact target, the teachers, the students."""
     from ..backends.registry import load_backend
     from ..world import DEFAULT_WORLD, render_batch, sample_example
+    from .grid import draw_grid
 
     out = []
     for setting, buckets in (("A", ("t2i", "edit")), ("B", ("local_edit", "global_edit"))):
-        models = [(f"source {t}", recs[f"teacher/{t}"].get("model", f"world:{t}")) for t in TEACHERS[setting]
-                  if f"teacher/{t}" in recs]
+        models = [(f"teacher {recs[f'teacher/{t}'].get('model', f'world:{t}')}",
+                   recs[f"teacher/{t}"].get("model", f"world:{t}")) for t in TEACHERS[setting] if f"teacher/{t}" in recs]
         for m in METHODS_ALL:
             rs = [r for r in _seeds(recs, setting, m) if r["tags"].get("seed", 0) == seed and r.get("model")]
             if rs:
-                models.append((m, rs[0]["model"]))
+                models.append((f"student: {METHOD_NAMES[m].strip('*')}", rs[0]["model"]))
         if len(models) < 2:
             continue
         rng = np.random.default_rng(seed + 99)
         exs = [sample_example(rng, DEFAULT_WORLD, b) for b in buckets for _ in range(n // len(buckets))]
         batch = render_batch(exs, DEFAULT_WORLD)
-        cell, label_w = 48, 150
-        rows_img = []
-        header = Image.new("RGB", (label_w + cell * len(exs), cell), "white")
-        for j, e in enumerate(exs):
-            src = batch.source[j] if e.source is not None else batch.target[j]
-            header.paste(Image.fromarray(src).resize((cell, cell), Image.NEAREST), (label_w + j * cell, 0))
-        ImageDraw.Draw(header).text((4, 18), "source / target", fill="black")
-        rows_img.append(header)
+        headers = [f"{j + 1}. {'T2I' if e.source is None else 'edit'} {e.raw_task}: {e.prompt}"
+                   for j, e in enumerate(exs)]
+        rows = [("input image (edit columns)", [batch.source[j] if e.source is not None else "T2I: no input"
+                                                for j, e in enumerate(exs)]),
+                ("exact target (T2I: a scene satisfying the prompt)", list(batch.target))]
         for label, spec in models:
             try:
                 be = load_backend(spec)
             except Exception:
                 continue
-            imgs = []
+            cells = []
             for j, e in enumerate(exs):
-                src = batch.source[j:j + 1] if (e.source is not None and be.is_edit) else None
                 if e.source is not None and not be.is_edit:
-                    imgs.append(np.full((32, 32, 3), 255, np.uint8))  # a T2I model cannot edit
+                    cells.append("T2I model: no image input")
                     continue
-                imgs.append(be.sample([e.prompt], src, seed=seed)[0])
-            row = Image.new("RGB", (label_w + cell * len(exs), cell), "white")
-            for j, im in enumerate(imgs):
-                row.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (label_w + j * cell, 0))
-            ImageDraw.Draw(row).text((4, 18), label, fill="black")
-            rows_img.append(row)
-        grid = Image.new("RGB", (rows_img[0].width, cell * len(rows_img)), "white")
-        for i, r in enumerate(rows_img):
-            grid.paste(r, (0, i * cell))
+                src = batch.source[j:j + 1] if e.source is not None else None
+                cells.append(be.sample([e.prompt], src, seed=seed)[0])
+            rows.append((label, cells))
         p = figdir / f"samples_{setting}.png"
-        grid.save(p)
+        draw_grid(headers, rows).save(p)
         prompts = "; ".join(f"{j + 1}. {e.prompt}" for j, e in enumerate(exs))
         out.append(f"**Setting {setting}** (columns: {prompts})\n\n![samples {setting}](figures/{p.name})")
     return "\n\n".join(out)

@@ -1,0 +1,64 @@
+"""What ``danceopd reproduce`` gives a user (issue 19): the comparison table on the terminal, readable student
+paths next to the hashed cell folders, and sample grids with column headers and clear row labels. Tiny cells and a
+stand-in scorer, as in test_report_runner.py."""
+
+import contextlib
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from danceopd.cli import main
+from danceopd.report import plan, runner
+from danceopd.report.links import link_name
+from test_report_runner import _tiny, fake_scores
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "quick"
+    real = plan.quick_plan
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+        mp.setattr(runner, "evaluate_model", fake_scores)
+        mp.setattr(plan, "quick_plan", lambda seed=0: _tiny(real(seed)))
+        assert main(["reproduce", "--preset", "quick", "--out", str(out)]) == 0
+        # a rerun (everything cached) replaces the links in place
+        assert main(["reproduce", "--preset", "quick", "--out", str(out), "--report-only"]) == 0
+    return out, printed.getvalue()
+
+
+def test_prints_the_comparison_table_and_student_paths(quick_out):
+    out, printed = quick_out
+    for row in ("| Setting A (T2I + Edit) | T2I FID", "| Single-Task Teacher |", "| Naive Student (Average Gradients) |",
+                "| Off-Policy Distillation |", "| DanceOPD (On-Policy) |"):
+        assert row in printed, row
+    assert f"students: {out / 'A_joint_sft'}" in printed and str(out / "A_danceopd") in printed
+    assert "report: " in printed
+
+
+def test_readable_run_paths(quick_out):
+    out, _ = quick_out
+    for m in ("joint_sft", "offpolicy", "danceopd"):
+        link = out / f"A_{m}"
+        assert (link / "model.safetensors").is_file()
+        assert os.path.realpath(link).startswith(os.path.realpath(out / "cells"))
+    # the README's commands work on the readable path
+    assert main(["sample", "--model", str(out / "A_danceopd"), "--prompt", "a red circle",
+                 "--out", str(out / "a.png")]) == 0
+
+
+def test_sample_grid_is_readable(quick_out):
+    out, _ = quick_out
+    md = (out / "report.md").read_text()
+    assert "![samples A](figures/samples_A.png)" in md
+    with Image.open(out / "figures" / "samples_A.png") as im:
+        # 6 columns of 96 px cells; header + input + target + 2 teachers + 3 students
+        assert im.width >= 6 * 96 and im.height >= 7 * 96
+
+
+def test_link_names():
+    assert link_name({"setting": "A", "method": "danceopd", "seed": 0}) == "A_danceopd"
+    assert link_name({"setting": "B", "method": "joint_sft", "seed": 2}) == "B_joint_sft_s2"
+    assert link_name({"setting": "A", "method": "danceopd", "seed": 0, "ablation": "k"}) is None
+    assert link_name({"teacher": "t2i"}) is None
