@@ -8,11 +8,11 @@ import os
 
 import pytest
 from PIL import Image
+from test_report_runner import _tiny, fake_scores
 
 from danceopd.cli import main
 from danceopd.report import plan, runner
 from danceopd.report.links import link_name
-from test_report_runner import _tiny, fake_scores
 
 
 @pytest.fixture(scope="module")
