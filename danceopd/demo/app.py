@@ -91,7 +91,7 @@ def build(demo: Demo):
                         seed = gr.Number(value=0, precision=0, label="Seed", elem_id=f"{tab}-seed")
                         go = gr.Button("Generate" if tab == "t2i" else "Edit", variant="primary",
                                        elem_id=f"{tab}-run")
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=3):
                         out = gr.HTML("", elem_id=f"{tab}-out")
                 example.change(pick(tab), example, text, show_progress="hidden")
                 text.change(lambda t: flag_html(unknown_words(t or "")), text, flags, show_progress="hidden")

@@ -46,6 +46,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    seed: int = 0
 
 
 @dataclass
@@ -217,7 +218,7 @@ class Demo:
             raise UserError("write a prompt (or pick an example)")
         specs = self._models_for(models)
         parsed = parse_prompt(prompt)
-        res = Result([], [], unknown=unknown_words(prompt))
+        res = Result([], [], unknown=unknown_words(prompt), seed=seed)
         if parsed:
             from ..eval.scenes import scene_for_constraints
 
@@ -239,7 +240,7 @@ class Demo:
         if not instruction:
             raise UserError("write an instruction (or pick an example)")
         specs = self._models_for(models)
-        res = Result([], [], unknown=unknown_words(instruction))
+        res = Result([], [], unknown=unknown_words(instruction), seed=seed)
         if upload:
             from ..eval.judge import load_judge
 

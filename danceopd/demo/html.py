@@ -23,6 +23,7 @@ CSS = """
 .dopd-card li{margin:2px 0}
 .dopd-pass{color:#0a7d16}.dopd-fail{color:#c01818}.dopd-info{color:#333}
 .dopd-note{font-size:12px;color:#444;margin-top:4px}
+.dopd-head{margin:10px 0 6px 0;font-size:14px}
 .dopd-flag{background:#fff3cd;border:1px solid #e0b84a;border-radius:6px;padding:6px 10px;margin:6px 0;color:#5c4400}
 .dopd-error{background:#fde2e2;border:1px solid #d66;border-radius:6px;padding:6px 10px;color:#7a1010}
 .dopd-empty{width:192px;height:192px;display:flex;align-items:center;justify-content:center;text-align:center;
@@ -73,7 +74,11 @@ def _card(p: Panel, kind: str) -> str:
 def result_html(res: Result) -> str:
     parts = [flag_html(res.unknown)]
     parts += [f"<p class='dopd-note'>{html.escape(n)}</p>" for n in res.notes]
-    cards = [_card(p, "input") for p in res.inputs] + [_card(p, "output") for p in res.outputs]
-    parts.append(f"<div class='dopd-row' id='dopd-result'>{''.join(cards)}</div>")
-    parts.append(f"<p class='dopd-note' id='dopd-time'>answered in {res.seconds:.2f} s</p>")
+    if res.inputs:
+        edit = any(p.title.startswith("input") for p in res.inputs)
+        parts.append(f"<h4 class='dopd-head'>{'Input and target' if edit else 'Reference'}</h4>")
+        parts.append(f"<div class='dopd-row' id='dopd-inputs'>{''.join(_card(p, 'input') for p in res.inputs)}</div>")
+    parts.append(f"<h4 class='dopd-head'>Models (seed {res.seed})</h4>")
+    parts.append(f"<div class='dopd-row' id='dopd-result'>{''.join(_card(p, 'output') for p in res.outputs)}</div>")
+    parts.append(f"<p class='dopd-note' id='dopd-time'>seed {res.seed}; answered in {res.seconds:.2f} s</p>")
     return "".join(parts)
