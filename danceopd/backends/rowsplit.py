@@ -17,7 +17,7 @@ call gives the same numbers every time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -44,19 +44,65 @@ def chunks(n_rows: int, workers: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def row_parallel(fn: Callable[[slice], torch.Tensor], n_rows: int, workers: int) -> torch.Tensor:
-    """``torch.cat([fn(s) for s in chunks(n_rows, workers)])``, the chunks evaluated concurrently."""
+def row_parallel(fn: Callable[[slice], torch.Tensor], n_rows: int, workers: int,
+                 params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """``torch.cat([fn(s) for s in chunks(n_rows, workers)])``, the chunks evaluated concurrently.
+
+    With autograd on and ``params`` given (the trainable leaves ``fn`` uses; its other inputs must not need
+    gradients), the backward pass runs per chunk in the workers as well: each chunk's parameter gradients are
+    computed on its own thread and summed in chunk order, so the result does not depend on thread timing.
+    Without ``params`` the chunks' graphs are joined by the ``cat`` and backward runs on the calling thread."""
     parts = chunks(n_rows, workers)
     if len(parts) == 1:
         return fn(parts[0])
+    if torch.is_grad_enabled() and params:
+        return _RowsWithGrad.apply(fn, parts, workers, *params)
     grad = torch.is_grad_enabled()
 
     def run(s: slice) -> torch.Tensor:
         with torch.set_grad_enabled(grad):
             return fn(s)
 
-    futures = [_pool(workers).submit(run, s) for s in parts]
-    return torch.cat([f.result() for f in futures])
+    return torch.cat(_map(workers, run, parts))
+
+
+def _map(workers: int, f, items) -> list:
+    futures = [_pool(workers).submit(f, *(it if isinstance(it, tuple) else (it,))) for it in items]
+    return [fut.result() for fut in futures]
+
+
+class _RowsWithGrad(torch.autograd.Function):
+    """Forward: each chunk's graph built on a worker thread. Backward: each chunk's parameter gradients computed on
+    a worker thread (``torch.autograd.grad``), then summed in chunk order and handed to autograd as this node's
+    input gradients (so accumulation into ``.grad`` stays where autograd puts it)."""
+
+    @staticmethod
+    def forward(ctx, fn, parts, workers, *params):
+        def run(s: slice) -> torch.Tensor:
+            with torch.enable_grad():
+                return fn(s)
+
+        outs = _map(workers, run, parts)
+        ctx.outs, ctx.parts, ctx.workers, ctx.params = outs, parts, workers, params
+        return torch.cat([o.detach() for o in outs])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        params = ctx.params
+
+        def run(out: torch.Tensor, g: torch.Tensor):
+            return torch.autograd.grad(out, params, g, allow_unused=True)
+
+        per_chunk = _map(ctx.workers, run, [(o, grad_out[s]) for o, s in zip(ctx.outs, ctx.parts)])
+        ctx.outs = None   # free the chunk graphs' references
+        grads = []
+        for i in range(len(params)):
+            gs = [g[i] for g in per_chunk if g[i] is not None]
+            total = gs[0] if gs else None
+            for g in gs[1:]:
+                total = total + g
+            grads.append(total)
+        return (None, None, None, *grads)
 
 
 def default_workers(device) -> int:

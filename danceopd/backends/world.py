@@ -130,9 +130,13 @@ class WorldBackend:
                               source_mask=c.source_mask)
 
         workers = self.workers if self.workers is not None else default_workers(x_t.device)
-        if workers > 1 and not isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
-            return row_parallel(rows, len(x_t), workers)   # DDP counts forwards: one call per step there
-        return rows(slice(None))
+        if workers == 1 or isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return rows(slice(None))   # DDP counts forwards: one call per step there
+        inputs = [x_t, t, *cond.text, cond.source, cond.source_mask]
+        # parallel backward too when only the model's own parameters need gradients (the usual student step)
+        params = [] if any(a is not None and a.requires_grad for a in inputs) else \
+            [p for p in self.model.parameters() if p.requires_grad]
+        return row_parallel(rows, len(x_t), workers, params if torch.is_grad_enabled() else ())
 
     def timesteps(self, n_steps: int | None = None, shift: float | None = None) -> torch.Tensor:
         return make_timesteps(n_steps or self.sampling.steps, self.sampling.shift if shift is None else shift)

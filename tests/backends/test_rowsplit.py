@@ -66,3 +66,25 @@ def test_world_velocity_split_is_deterministic():
     cond = be.encode(["a green square"] * 16, torch.randn(16, 3, 16, 16))
     with torch.no_grad():
         assert torch.equal(be.velocity(x, t, cond), be.velocity(x, t, cond))
+
+
+def test_parallel_backward_with_frozen_text_matches_and_is_deterministic():
+    """The student's usual step (text encoder frozen): backward runs per chunk in the workers, same gradients
+    as the batched call, and bitwise the same on every repeat."""
+    be = _backend(True)
+    for p in be.net.text.parameters():
+        p.requires_grad_(False)
+    B = 16
+    x, t, src = torch.randn(B, 3, 16, 16), torch.rand(B), torch.randn(B, 3, 16, 16)
+    with torch.no_grad():
+        cond = be.encode(["a red circle left of a blue star"] * B, src)
+    grads = {}
+    for workers, rep in ((1, 0), (2, 0), (2, 1)):
+        be.workers = workers
+        be.net.zero_grad(set_to_none=True)
+        v = be.velocity(x, t, cond)
+        assert (type(v.grad_fn).__name__ == "_RowsWithGradBackward") == (workers > 1)
+        ((v - 1) ** 2).mean().backward()
+        grads[(workers, rep)] = torch.cat([p.grad.flatten() for p in be.net.parameters() if p.requires_grad])
+    torch.testing.assert_close(grads[(2, 0)], grads[(1, 0)], atol=1e-6, rtol=1e-4)
+    assert torch.equal(grads[(2, 0)], grads[(2, 1)])
