@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--text", default=None, help="prompt / instruction (default: the tab's first example)")
     ap.add_argument("--models", nargs="+", default=["world:local_edit", "world:edit", "world:global_edit"])
     ap.add_argument("--requests", type=int, default=5, help="further requests to time (seeds 1..N)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=1250)
     a = ap.parse_args()

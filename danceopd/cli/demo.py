@@ -17,7 +17,8 @@ def demo_cmd(
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
     model: list[str] = typer.Option([], "--model", help="A run folder or model file to offer (repeatable)."),
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder searched for finished runs to offer."),
-    threads: int = typer.Option(0, "--threads", help="Torch threads per request (0 = torch default)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads per request (0 = torch default; 1 answers "
+                                "fastest on a busy 2-core machine: the models are tiny)."),
 ):
     """Web page: shipped teachers and your runs side by side on a prompt or an edit, with the exact target and
     the judge's verdict per constraint. Needs `pip install -e .[demo]`."""

@@ -26,7 +26,7 @@ WAIT = 60
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    proc, url, started = start_server(["--runs", str(runs), "--threads", "2"])
+    proc, url, started = start_server(["--runs", str(runs)])
     driver = chromium_driver()
     try:
         driver.get(url)
