@@ -16,7 +16,8 @@ def demo_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
     model: list[str] = typer.Option([], "--model", help="A run folder or model file to offer (repeatable)."),
-    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder searched for finished runs to offer."),
+    runs: list[Path] = typer.Option([Path("runs"), Path("results")], "--runs",
+                                    help="Folders searched for finished runs and published students (repeatable)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per request (0 = torch default; 1 answers "
                                 "fastest on a busy 2-core machine: the models are tiny)."),
 ):

@@ -69,7 +69,8 @@ def examples(tab: str, world=DEFAULT_WORLD) -> list[Example]:
 
 
 def find_runs(root: Path, limit: int = 40) -> list[str]:
-    """Run folders under ``root`` holding a finished ShapesWorld model (readable links first)."""
+    """Run folders under ``root`` holding a finished ShapesWorld model (readable links first), and published
+    students (``<root>/<name>/students/*.safetensors``, as ``reproduce --publish`` writes them)."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -78,6 +79,7 @@ def find_runs(root: Path, limit: int = 40) -> list[str]:
         for p in sorted(root.glob(depth)):
             if (p / "model.safetensors").is_file() and str(p) not in found:
                 found.append(str(p))
+    found += [str(p) for p in sorted(root.glob("*/students/*.safetensors"))]
     return found[:limit]
 
 
@@ -159,8 +161,8 @@ def describe_layout(layout: tuple) -> str:
 class Demo:
     """Models (loaded once, cached), the judge, and the three kinds of request."""
 
-    def __init__(self, runs_root: Path | str = "runs", extra_models=(), threads: int | None = None):
-        self.runs_root = Path(runs_root)
+    def __init__(self, runs_root: Path | str | list = "runs", extra_models=(), threads: int | None = None):
+        self.runs_roots = [Path(r) for r in ([runs_root] if isinstance(runs_root, (str, Path)) else runs_root)]
         self.extra_models = list(extra_models)
         self.threads = threads
         self._models: dict[str, object] = {}
@@ -171,7 +173,7 @@ class Demo:
     def model_choices(self) -> list[str]:
         from ..backends.registry import shipped_models
 
-        runs = find_runs(self.runs_root)
+        runs = [r for root in self.runs_roots for r in find_runs(root)]
         return list(dict.fromkeys([*shipped_models(), *self.extra_models, *runs]))
 
     def default_models(self, tab: str) -> list[str]:

@@ -97,4 +97,7 @@ def test_find_runs(tmp_path):
     (tmp_path / "quick" / "A_danceopd").mkdir(parents=True)
     (tmp_path / "quick" / "A_danceopd" / "model.safetensors").write_bytes(b"x")
     (tmp_path / "empty").mkdir()
-    assert find_runs(tmp_path) == [str(tmp_path / "quick" / "A_danceopd")]
+    (tmp_path / "full" / "students").mkdir(parents=True)
+    (tmp_path / "full" / "students" / "A__danceopd__s0--abc.safetensors").write_bytes(b"x")
+    assert find_runs(tmp_path) == [str(tmp_path / "quick" / "A_danceopd"),
+                                   str(tmp_path / "full" / "students" / "A__danceopd__s0--abc.safetensors")]
