@@ -55,8 +55,8 @@ def test_sample_and_edit_commands(tiny_runs, tmp_path):
                  "invert the colors", "--out", str(e), "--steps", "2"]) == 0
     assert np.asarray(Image.open(e)).shape == (32, 32, 3)
     # a T2I model cannot edit: one-line error
-    assert main(["edit", "--model", str(tiny_runs / "t2i"), "--image", str(out), "--instruction", "x",
-                 "--out", str(tmp_path / "f.png")]) == 2
+    assert main(["edit", "--model", str(tiny_runs / "t2i"), "--image", str(out),
+                 "--instruction", "invert the colors", "--out", str(tmp_path / "f.png")]) == 2
 
 
 def test_batch_mode_from_csv(tiny_runs, tmp_path):
