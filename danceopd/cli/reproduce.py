@@ -23,21 +23,34 @@ def reproduce_cmd(
                                           help="Train the teachers from their configs instead of the shipped ones."),
     report_only: bool = typer.Option(False, "--report-only",
                                      help="Run nothing: write the report from the cells finished so far."),
-    publish_dir: Path = typer.Option(None, "--publish", help="Also copy the report, its figures and every finished "
-                                     "cell's record (no weights) to this folder, e.g. results/full."),
+    publish_dir: Path = typer.Option(None, "--publish", help="Publish to this folder (e.g. results/full): each cell's "
+                                     "record as it finishes (and the fp16 student of cells with curves), then the "
+                                     "report; cells already published there are reused, not rerun."),
+    commit: bool = typer.Option(False, "--commit", help="With --publish: git-commit each published cell as it "
+                                "finishes (only its files), so a lost machine costs at most the running cells."),
+    jobs: int = typer.Option(1, "--jobs", help="Cells run at once (worker processes; cores / jobs torch threads "
+                             "each). On a GPU, several cells share it."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda: where cells train and are evaluated."),
 ):
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
-    from ..report.plan import full_plan_stage1, full_plan_stage2, quick_plan, stage2_candidate_ids
     from ..report.links import link_runs
+    from ..report.plan import curve_stage, full_plan_stage1, later_stage_ids, quick_plan, seed_stage
     from ..report.report import comparison_table, write_report
-    from ..report.runner import check_force, load_done, publish, run_plan, train_teachers
+    from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if commit and not publish_dir:
+        raise UserError("--commit commits published cells: give --publish DIR too")
+    _select_device(device)
     if report_only and (force or retrain_teachers):
         raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
     cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
-    check_force(force, {c.id for c in cells} | (stage2_candidate_ids() if preset == "full" else set()))
+    check_force(force, {c.id for c in cells} | (later_stage_ids() if preset == "full" else set()))
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -46,21 +59,25 @@ def reproduce_cmd(
         c.teacher_runs = dict(teacher_map)  # retrained teachers are different cells from the shipped ones
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
+    publisher = Publisher(publish_dir, commit) if publish_dir else None
     if report_only:
         def run(cs):
             return load_done(cs, out)
     else:
-        def run(cs):  # the --force ids were checked above against both stages
-            return run_plan(cs, out, teacher_map, force, check=False)
+        def run(cs):  # the --force ids were checked above against every stage
+            for c in cs:
+                c.teacher_runs = dict(teacher_map)
+            return run_plan(cs, out, teacher_map, force, check=False, publisher=publisher, jobs=jobs)
     recs = run(cells)
     planned = len(cells)
-    if preset == "full":
-        stage2 = full_plan_stage2({k: v["scores"] for k, v in recs.items()})
-        for c in stage2:
-            c.teacher_runs = dict(teacher_map)
-        planned += len(stage2)
-        recs.update(run(stage2))
-    cmd = f"danceopd reproduce --preset {preset} --out {out} --seed {seed}" + (
+    if preset == "full":   # later stages are planned from earlier results, once those are complete
+        for stage in (curve_stage, seed_stage):
+            nxt = stage(recs)
+            if nxt is None:
+                break
+            planned += len(nxt)
+            recs.update(run(nxt))
+    cmd = f"danceopd reproduce --preset {preset} --out {out} --seed {seed} --device {device}" + (
         " --retrain-teachers" if retrain_teachers else "") + (f" --publish {publish_dir}" if publish_dir else "")
     path = write_report(recs, out, f"DanceOPD in ShapesWorld — {preset} preset", cmd, planned=planned)
     if publish_dir:
@@ -71,3 +88,17 @@ def reproduce_cmd(
         typer.echo(f"students: {', '.join(str(p) for p in links)} (e.g. danceopd eval --model {links[-1]} ...)")
     typer.echo(f"report: {path} and {out / 'report.html'} ({len(recs)} of {planned} cells finished; "
                f"{(time.time() - t0) / 60:.1f} min this run)")
+
+
+def _select_device(device: str) -> None:
+    """``cpu`` hides any GPU from this process and its workers (set before CUDA starts); ``cuda`` needs one."""
+    import os
+
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch (torch "
+                        f"{torch.__version__}); use --device cpu")

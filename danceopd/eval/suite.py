@@ -157,6 +157,7 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
         "clip_score_by_bucket": None, "lpips_by_bucket": None, "preservation": None,
     }
     t2i_imgs = t2i_ref = prompts = edit_out = edit_tgt = None
+    items: dict = {}   # per-item scores, in suite order (scores["items"]; for paired bootstraps)
     with tqdm(total=total, desc=f"eval {generator.name}", unit="img", disable=not progress, leave=False) as bar:
         if do_t2i:
             plan = t2i_prompts(seed, n_prompts, cfg)
@@ -172,6 +173,9 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
             geneval = {c: _r(passed[cats == c].mean()) for c in T2I_CATEGORIES}
             geneval["overall"] = _r(np.mean([geneval[c] for c in T2I_CATEGORIES]))
             scores["geneval"] = geneval
+            # per-prompt pass rates (the unit of the report's bootstrap: images of one prompt are not independent)
+            items["geneval"] = {c: [_r(v, 4) for v in passed[cats == c].reshape(-1, ipp).mean(1)]
+                                for c in T2I_CATEGORIES}
             # FID reference: a disjoint fresh render per generated image, satisfying the same prompt
             ref_rng = np.random.default_rng((seed, _REF_TAG))
             t2i_ref = np.stack([render(scene_for_constraints(ex.constraints, ref_rng, cfg), cfg, resolution)
@@ -205,6 +209,8 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
                 gedit[cat] = {k: _r(np.mean([r[k] for r in rows]), 4) for k in ("sc", "pq", "o")}
             gedit["avg"] = {k: _r(np.mean([gedit[c][k] for c in EDIT_CATEGORIES]), 4) for k in ("sc", "pq", "o")}
             scores["gedit"] = gedit
+            items["gedit_o"] = {c: [_r(r["o"], 4) for r, ex in zip(per, exs) if ex.raw_task == c]
+                                for c in EDIT_CATEGORIES}
             lp = judge.lpips(edit_out, edit_tgt)
             scores["lpips"] = _r(lp.mean(), 5)
             # edit outputs vs a caption of their exact target scene (CLIP score of local / global edits)
@@ -218,11 +224,14 @@ def _evaluate(generator, suite, n, seed, resolution, batch_size, progress, gen_t
             pres = {c: _nanmean(keep[cats == c]) for c in EDIT_CATEGORIES}
             pres.update({b: _nanmean(keep[m]) for b, m in buckets.items() if m.any()})
             scores["preservation"] = pres
+            items["preservation"] = {c: [_r(k, 4) if np.isfinite(k) else None for k in keep[cats == c]]
+                                     for c in EDIT_CATEGORIES}
             scores["n_samples"].update({"edit_examples_per_category": n, "edit_images": len(exs)})
             for ex, img, s, t, r, d in zip(exs, edit_out, sources, edit_tgt, per, lp):
                 samples.append(Sample("edit", ex.raw_task, ex.prompt, img, s, t, scores={**r, "lpips": float(d)}))
             for smp, k in zip(samples[-len(exs):], keep):
                 smp.scores["preservation"] = None if not np.isfinite(k) else float(k)
+    scores["items"] = items
     scores["standard"] = standard_metrics(t2i_imgs, t2i_ref, prompts, edit_out, edit_tgt)
     total_s = time.perf_counter() - t_start
     scores["timings"] = {"generate_s": round(gen_s, 3), "score_s": round(total_s - gen_s, 3),

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
+from .converge import convergence_section
 from .plan import METHODS_ALL, TEACHERS, overall_quality
 
 GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
@@ -59,7 +60,7 @@ def _seeds(recs, setting, method, extra=None):
     out = []
     for r in recs.values():
         t = r.get("tags", {})
-        if t.get("setting") == setting and t.get("method") == method and "ablation" not in t \
+        if t.get("setting") == setting and t.get("method") == method and "ablation" not in t and "grid" not in t \
                 and r.get("status") == "done":
             out.append(r)
     return out
@@ -374,6 +375,9 @@ def write_report(recs: dict[str, dict], out: Path, title: str, command: str, pla
              "## Table 2, setting A: T2I + Edit", a_md]
     if ov_b or any(f"teacher/{t}" in recs for t in TEACHERS["B"]):
         parts += ["## Table 2, setting B: Local + Global Edit", b_md]
+    conv = convergence_section(recs, figdir)
+    if conv:
+        parts += ["## The comparison at convergence", conv]
     abl = ablation_tables(recs, figdir)
     if abl:
         parts += ["## Ablations (setting A)", abl]

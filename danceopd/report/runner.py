@@ -100,6 +100,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
             train_distill(cfg, run_dir, resume=True, progress=progress)
             if s in cell.curve and s not in done_points:   # curves are validation: scored on VAL_SEED
                 sc = evaluate_model(str(run_dir), cell.suite, cell.curve_n, VAL_SEED)
+                sc.pop("items", None)   # per-item scores are kept for final evaluations only
                 rec["curve"].append({"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)})
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)

@@ -214,6 +214,10 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     assert run_cli(["reproduce", "--report-only", "--out", tmp_path / "o2"]) == 0
     md = (tmp_path / "o2" / "report.md").read_text()
     assert "Partial report: 0 of 5 cells finished" in md and not (tmp_path / "o2" / "cells").exists()
+    for flags, msg in ((["--device", "tpu"], "--device must be cpu or cuda"), (["--jobs", "0"], "--jobs must be >= 1"),
+                       (["--commit"], "give --publish DIR too")):
+        assert run_cli(["reproduce", *flags, "--out", tmp_path / "o4"]) == 2
+        assert msg in capsys.readouterr().err and not (tmp_path / "o4").exists()
     # an unknown --force id fails before anything is created
     assert run_cli(["reproduce", "--preset", "full", "--force", "A/nope/s0", "--out", tmp_path / "o3"]) == 2
     assert "no such cell" in capsys.readouterr().err and not (tmp_path / "o3").exists()

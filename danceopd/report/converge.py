@@ -1,0 +1,197 @@
+"""The report's converged comparison: what each method sees per step, the learning-rate x guidance grid, the
+learning curves with their plateaus (the budget rule), and per setting the main methods at the budget with the
+DanceOPD - best-baseline difference and its 95% paired-bootstrap interval (``stats``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .plan import (
+    CONVERGE_STEPS,
+    LR_GRID,
+    MAIN_METHODS,
+    SCALE_GRID,
+    VAL_SEED,
+    choose_hparams,
+    overall_quality,
+)
+from .stats import paired_bootstrap
+
+PAPER_GAIN = {"A": 8.1, "B": 16.1}   # DanceOPD vs the best baseline in the paper, % of overall quality
+# A curve has plateaued at step s when no later point is more than PLATEAU_TOL above it (overall quality, 0-10).
+# Fixed before any curve was measured; docs/reproduce.md compares it with the measured item noise of the
+# validation score.
+PLATEAU_TOL = 0.2
+SEES = {   # per optimizer step, every main method: both routes, 16 samples each (configs/world/setting_*.yaml)
+    "danceopd": "32 samples (2 routes x 16); per sample 1 student rollout (<= 8 Euler steps, no grad), "
+                "1 routed-teacher query (CFG: 2 forwards), 1 student forward + backward",
+    "joint_sft": "32 samples (2 routes x 16); per sample 1 noised data state, 1 student forward + backward "
+                 "(no teacher)",
+    "offpolicy": "32 samples (2 routes x 16); per sample 1 noised data state, 1 routed-teacher query, 1 student "
+                 "forward + backward",
+    "soft_mix": "32 samples (2 routes x 16); per sample 1 student rollout, a query of EVERY teacher (weighted "
+                "mean), 1 student forward + backward",
+}
+
+
+def _main(recs, setting, method):
+    """Finished converged (budget-length, non-grid, non-ablation) cells of (setting, method), by seed."""
+    out = {}
+    for r in recs.values():
+        t = r.get("tags", {})
+        if (r.get("status") == "done" and t.get("setting") == setting and t.get("method") == method
+                and "grid" not in t and "ablation" not in t and r.get("steps") == CONVERGE_STEPS):
+            out[t.get("seed", 0)] = r
+    return out
+
+
+def plateau_step(points: list[tuple[int, float]]) -> int | None:
+    """First step after which the curve never rises more than PLATEAU_TOL; None if it is still rising at its last
+    point (the last point beats every earlier one by more than PLATEAU_TOL)."""
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None
+    if pts[-1][1] - max(v for _, v in pts[:-1]) > PLATEAU_TOL:
+        return None
+    for i, (s, v) in enumerate(pts):
+        if max(w for _, w in pts[i:]) - v <= PLATEAU_TOL:
+            return s
+    return None
+
+
+def sees_table() -> str:
+    rows = [f"| {m} | {SEES[m]} |" for m in MAIN_METHODS]
+    return "\n".join(["| method | what one optimizer step trains on |", "|---|---|", *rows])
+
+
+def grid_table(recs, setting) -> str | None:
+    cells = {}
+    for r in recs.values():
+        t = r.get("tags", {})
+        if t.get("grid") == "lr" and t.get("setting") == setting and r.get("status") == "done":
+            cells[(t["method"], float(t["value"]))] = r.get("by_scale") or {}
+    if not cells:
+        return None
+    head = [f"lr {lr:g}, scale {x:g}" for lr in LR_GRID for x in SCALE_GRID]
+    rows = []
+    for m in MAIN_METHODS:
+        try:
+            chosen = choose_hparams({str(i): {"tags": {"grid": "lr", "setting": setting, "method": m,
+                                                       "value": f"{lr:g}"}, "by_scale": bs}
+                                     for i, ((mm, lr), bs) in enumerate(cells.items()) if mm == m}, setting, m)
+        except KeyError:
+            chosen = None
+        vals = []
+        for lr in LR_GRID:
+            for x in SCALE_GRID:
+                sc = cells.get((m, lr), {}).get(f"{x:g}")
+                v = "—" if sc is None else f"{overall_quality(sc, setting):.2f}"
+                vals.append(f"**{v}**" if chosen == (lr, x) else v)
+        rows.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows])
+
+
+def curves(recs, figdir: Path) -> tuple[str | None, dict]:
+    """Overall quality on the validation seed vs training step, seed 0 of each main method; returns (markdown
+    with the figure and the plateau table, {(setting, method): plateau step or None})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plateaus, lines = {}, []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    any_curve = False
+    for ax, setting in zip(axes, ("A", "B")):
+        for m in MAIN_METHODS:
+            r = _main(recs, setting, m).get(0)
+            if not r or not r.get("curve"):
+                continue
+            pts = sorted((p["step"], overall_quality(p["scores"], setting)) for p in r["curve"])
+            any_curve = True
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=m)
+            plateaus[(setting, m)] = plateau_step(pts)
+            lines.append(f"| {setting} | {m} | " + ", ".join(f"{s}: {v:.2f}" for s, v in pts) + " | "
+                         + (str(plateaus[(setting, m)]) if plateaus[(setting, m)] else "still rising") + " |")
+        ax.set_title(f"setting {setting} (validation seed {VAL_SEED})", fontsize=9)
+        ax.set_xlabel("optimizer step (32 samples each)")
+        ax.set_ylabel("overall quality (0-10)")
+        ax.legend(fontsize=7)
+    if not any_curve:
+        plt.close(fig)
+        return None, plateaus
+    fig.tight_layout()
+    figdir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figdir / "converge_curves.png", dpi=110)
+    plt.close(fig)
+    md = ["![learning curves](figures/converge_curves.png)", "",
+          "| setting | method | overall quality by step | plateau step |", "|---|---|---|---|", *lines]
+    return "\n".join(md), plateaus
+
+
+def _fmt(vals, d=2):
+    vals = [v for v in vals if v is not None and v == v]
+    if not vals:
+        return "—"
+    return f"{vals[0]:.{d}f}" if len(vals) == 1 else f"{np.mean(vals):.{d}f} ± {np.std(vals, ddof=1):.{d}f}"
+
+
+def results(recs, setting) -> str | None:
+    """Main methods at the budget (mean ± std over seeds) and DanceOPD - best baseline with its 95% interval."""
+    rows, means = [], {}
+    for m in MAIN_METHODS:
+        by_seed = _main(recs, setting, m)
+        if not by_seed:
+            continue
+        scs = [r["scores"] for r in by_seed.values()]
+        ov = [overall_quality(s, setting) for s in scs]
+        means[m] = float(np.mean(ov))
+        pres = [(s.get("preservation") or {}) for s in scs]
+        rows.append(f"| {m} | {len(scs)} | {_fmt(ov)} | {_fmt([(s.get('gedit') or {}).get('avg', {}).get('o') for s in scs])} | "
+                    f"{_fmt([(s.get('geneval') or {}).get('overall') for s in scs])} | "
+                    f"{_fmt([p.get('local_edit') for p in pres])} | {_fmt([p.get('global_edit') for p in pres])} | "
+                    f"{_fmt([r.get('sec_per_step') for r in by_seed.values()])} |")
+    if not rows:
+        return None
+    md = ["| method | seeds | overall ↑ | GEdit O ↑ | GenEval ↑ | preservation local ↑ | preservation global ↑ | "
+          "s / step |", "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+    base = [m for m in means if m != "danceopd"]
+    if "danceopd" in means and base:
+        best = max(base, key=lambda m: means[m])
+        items = {m: {s: r["scores"]["items"] for s, r in _main(recs, setting, m).items()
+                     if (r["scores"].get("items") or {}).get("gedit_o")} for m in ("danceopd", best)}
+        bs = paired_bootstrap(items["danceopd"], items[best], setting)
+        gain = (means["danceopd"] - means[best]) / max(abs(means[best]), 1e-9) * 100
+        if bs["diff"] is None:
+            md.append(f"\nDanceOPD − {best}: {means['danceopd'] - means[best]:+.2f} ({gain:+.1f}%; paper "
+                      f"{PAPER_GAIN[setting]:+.1f}%); no interval (no per-item scores on shared seeds).")
+        else:
+            md.append(f"\n**DanceOPD − best baseline ({best}): {bs['diff']:+.2f} overall, 95% CI "
+                      f"[{bs['lo']:+.2f}, {bs['hi']:+.2f}] over seeds {bs['seeds']} and evaluation items → "
+                      f"{bs['verdict'].upper()}** (relative {gain:+.1f}%; the paper reports "
+                      f"{PAPER_GAIN[setting]:+.1f}% in setting {setting}).")
+    return "\n".join(md)
+
+
+def convergence_section(recs, figdir: Path) -> str | None:
+    """The whole section (None when no grid, curve or converged cell has finished)."""
+    parts = []
+    for s in ("A", "B"):
+        g = grid_table(recs, s)
+        if g:
+            parts += [f"### Setting {s}: learning rate x sampling guidance (validation seed {VAL_SEED}, "
+                      "overall quality; bold = chosen)", g]
+    cur, _ = curves(recs, figdir)
+    if cur:
+        parts += [f"### Learning curves (budget rule: every main method at its plateau, PLATEAU_TOL = "
+                  f"{PLATEAU_TOL})", cur]
+    for s in ("A", "B"):
+        r = results(recs, s)
+        if r:
+            parts += [f"### Setting {s} at {CONVERGE_STEPS} steps ({CONVERGE_STEPS * 32:,} training samples per "
+                      "method)", r]
+    if not parts:
+        return None
+    return "\n\n".join(["### What each method sees per step", sees_table(), *parts])

@@ -1,0 +1,52 @@
+"""The converged-comparison section of the report: grid table, curves with plateaus, results with the paired
+bootstrap verdict."""
+
+import numpy as np
+
+from danceopd.report.converge import convergence_section, plateau_step
+from danceopd.report.plan import CONVERGE_CURVE, CONVERGE_STEPS, curve_cells, grid_cells
+from danceopd.report.report import write_report
+
+EDIT = ["subject_add", "subject_remove", "subject_replace", "color_alter", "background_change", "style_change"]
+
+
+def test_plateau_step():
+    assert plateau_step([(250, 5.0), (500, 6.0), (1000, 6.9), (2000, 7.0), (3000, 7.05)]) == 1000
+    assert plateau_step([(250, 5.0), (500, 6.0), (1000, 7.0), (2000, 8.0), (3000, 9.0)]) is None   # still rising
+    assert plateau_step([(250, 7.0), (500, 6.5), (3000, 6.9)]) == 250
+
+
+T2I = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+
+
+def _scores(o, rng, n=20):
+    per = {c: list(np.clip(rng.normal(o, 1.0, n), 0, 10)) for c in EDIT}
+    gen = {c: list((rng.random(n) < 0.7).astype(float)) for c in T2I}
+    return {"gedit": {"avg": {"o": float(np.mean([np.mean(v) for v in per.values()]))}},
+            "geneval": {"overall": float(np.mean([np.mean(v) for v in gen.values()]))},
+            "preservation": {"local_edit": 0.9, "global_edit": 0.6}, "items": {"gedit_o": per, "geneval": gen}}
+
+
+def test_section_from_fake_records(tmp_path):
+    recs = {}
+    for c in grid_cells():
+        recs[c.id] = {"id": c.id, "status": "done", "tags": c.tags,
+                      "by_scale": {f"{x:g}": {"gedit": {"avg": {"o": 5 + x / 10}}, "geneval": {"overall": 0.5}}
+                                   for x in c.sample_scales}}
+    level = {"danceopd": 8.0, "joint_sft": 7.0, "offpolicy": 6.0, "soft_mix": 5.0}
+    for c in curve_cells(recs):
+        m = c.tags["method"]
+        curve = [{"step": s, "scores": {"gedit": {"avg": {"o": level[m] * min(1, s / 1000)}},
+                                        "geneval": {"overall": 0.7}}} for s in CONVERGE_CURVE]
+        for seed in range(5 if m in ("danceopd", "joint_sft") else 3):
+            rid = c.id.replace("/s0", f"/s{seed}")
+            recs[rid] = {"id": rid, "status": "done", "tags": {**c.tags, "seed": seed}, "steps": CONVERGE_STEPS,
+                         "scores": _scores(level[m], np.random.default_rng(seed)), "sec_per_step": 1.0,
+                         "curve": curve if seed == 0 else []}
+    md = convergence_section(recs, tmp_path / "figures")
+    assert (tmp_path / "figures" / "converge_curves.png").is_file()
+    assert "| B | danceopd | 250: 2.00" in md and "| 1000 |" in md
+    assert "DanceOPD − best baseline (joint_sft)" in md and "→ WIN" in md and "+8.1%" in md and "+16.1%" in md
+    assert "**5.30**" in md   # the chosen grid point: the largest scale at the smallest lr on a tie of lrs
+    path = write_report(recs, tmp_path, "t", "cmd")
+    assert "## The comparison at convergence" in path.read_text()
