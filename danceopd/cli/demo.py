@@ -21,8 +21,10 @@ def demo_cmd(
     threads: int = typer.Option(1, "--threads", help="Torch threads per request (0 = torch default; 1 answers "
                                 "fastest on a busy 2-core machine: the models are tiny)."),
 ):
-    """Web page: shipped teachers and your runs side by side on a prompt or an edit, with the exact target and
-    the judge's verdict per constraint. Needs `pip install -e .[demo]`."""
+    """Web page: models side by side on a prompt or an edit, with exact targets and the judge's verdicts.
+
+    Shipped teachers (world:*) and your runs; for edits the input and the exact target; the judge's verdict per
+    constraint. Needs the demo extra (gradio; installed by install.sh dev)."""
     t0 = time.perf_counter()
     if not 0 < port < 65536:
         raise UserError(f"--port must be in 1..65535, got {port}")
