@@ -300,3 +300,20 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
     other = _tiny(quick_plan())[-1]
     other.overrides.append("query.bias=mid_t")
     assert runner.adopt_published(other, root / "r3", root / "pub") is None
+
+
+def test_jobs_run_cells_in_worker_processes_with_the_same_results(tmp_path):
+    """--jobs 2: two cells at once in spawned workers (real evaluation, tiny models), same scores as one by one."""
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+    cells = [c for c in _tiny(quick_plan()) if c.kind == "distill"][1:]   # offpolicy, danceopd
+    for c in cells:
+        c.eval_n = 1
+    par = runner.run_plan(cells, tmp_path / "par", tmap, jobs=2)
+    again = [c for c in _tiny(quick_plan()) if c.id in par]
+    for c in again:
+        c.eval_n = 1
+    ser = runner.run_plan(again, tmp_path / "ser", tmap)
+    for cid in par:
+        a, b = par[cid]["scores"], ser[cid]["scores"]
+        assert a["gedit"] == b["gedit"] and a["geneval"] == b["geneval"], cid
