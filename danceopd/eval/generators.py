@@ -27,7 +27,6 @@ from ..world.vocab import DEFAULT_WORLD, WorldConfig
 from .imageops import degrade
 from .scenes import scene_for_constraints
 
-CALIBRATION = ("oracle", "identity", "noise", "degrade:<level>")
 UNKNOWN_MODEL = ("unknown model {spec!r}; expected a calibration generator (oracle, identity, noise, "
                  "degrade:<level>), a model name like world:t2i, or a checkpoint path")
 

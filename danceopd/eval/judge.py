@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..world.vocab import DEFAULT_WORLD, WorldConfig
+from ..world.vocab import WorldConfig
 from .imageops import check_images, judge_input, to_float
 from .nets import (
     ASSET_DIR,
@@ -181,7 +181,3 @@ def load_judge(folder: Path | str | None = None) -> Judge:
     if folder is None and j.version != JUDGE_VERSION:
         raise UserError(f"shipped judge is {j.version!r} but the code expects {JUDGE_VERSION!r}; retrain it")
     return j
-
-
-def default_codec() -> LayoutCodec:
-    return LayoutCodec.for_world(DEFAULT_WORLD)

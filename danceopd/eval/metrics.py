@@ -9,8 +9,6 @@ import numpy as np
 
 from ..world.prompts import check_constraints
 
-ELEMENTS = ("background", "style")  # plus one element per grid slot
-
 
 def layout_elements(layout: tuple) -> list:
     """A layout as its 2 + n_slots elements: [background, style, slot_0, ..., slot_{n-1}]."""
