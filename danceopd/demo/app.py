@@ -9,7 +9,7 @@ import threading
 from ..errors import UserError
 from ..world.understand import unknown_words
 from .core import MAX_MODELS, MAX_UPLOAD_BYTES, TABS, Demo
-from .html import CSS, error_html, flag_html, png_data_url, result_html
+from .html import CSS, card_html, error_html, flag_html, result_html
 
 TITLES = {"t2i": "Text to image", "local_edit": "Local edit", "global_edit": "Global edit"}
 INTRO = ("**danceopd demo: ShapesWorld.** Pick models (shipped teachers `world:*`, or any run folder, e.g. "
@@ -30,15 +30,13 @@ def import_gradio():
 
 def _source_preview(demo: Demo, tab: str, label: str | None) -> str:
     from ..world import DEFAULT_WORLD, render
-    from .core import describe_layout
+    from .core import Panel, describe_layout
 
-    ex = next((e for e in demo.examples[tab] if e.label == label), None)
+    ex = demo.example(tab, label)
     if ex is None:
         return ""
     src = ex.example.source
-    return (f"<div class='dopd-card dopd-input'><h4>example input</h4><img class='dopd-img' alt='example input' "
-            f"src='{png_data_url(render(src, DEFAULT_WORLD))}'><div class='dopd-note'>"
-            f"{describe_layout(src.layout())}</div></div>")
+    return card_html(Panel("example input", render(src, DEFAULT_WORLD), note=describe_layout(src.layout())), "input")
 
 
 def build(demo: Demo):
@@ -53,7 +51,7 @@ def build(demo: Demo):
 
     def run_edit(tab):
         def fn(instruction, label, upload, models, extra, seed):
-            ex = next((e for e in demo.examples[tab] if e.label == label), None)
+            ex = demo.example(tab, label)
             try:
                 return result_html(demo.edit(instruction, [*(models or []), extra or ""], int(seed or 0), ex, upload))
             except UserError as e:
@@ -62,7 +60,7 @@ def build(demo: Demo):
 
     def pick(tab):
         def fn(label):
-            ex = next((e for e in demo.examples[tab] if e.label == label), None)
+            ex = demo.example(tab, label)
             return ex.text if ex else ""
         return fn
 

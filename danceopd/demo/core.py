@@ -169,6 +169,9 @@ class Demo:
         self._lock = threading.Lock()
         self.examples = {tab: examples(tab) for tab in TABS}
 
+    def example(self, tab: str, label: str | None) -> Example | None:
+        return next((e for e in self.examples[tab] if e.label == label), None)
+
     # ---- models --------------------------------------------------------------------------------------------------
     def model_choices(self) -> list[str]:
         from ..backends.registry import shipped_models

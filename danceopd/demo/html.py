@@ -53,7 +53,7 @@ def error_html(message: str) -> str:
     return f"<div class='dopd-error' id='dopd-error'>{html.escape(message)}</div>"
 
 
-def _card(p: Panel, kind: str) -> str:
+def card_html(p: Panel, kind: str) -> str:
     out = [f"<div class='dopd-card dopd-{kind}'><h4>{html.escape(p.title)}</h4>"]
     if p.image is not None:
         out.append(f"<img class='dopd-img' alt='{html.escape(p.title)}' src='{png_data_url(p.image)}'>")
@@ -77,8 +77,8 @@ def result_html(res: Result) -> str:
     if res.inputs:
         edit = any(p.title.startswith("input") for p in res.inputs)
         parts.append(f"<h4 class='dopd-head'>{'Input and target' if edit else 'Reference'}</h4>")
-        parts.append(f"<div class='dopd-row' id='dopd-inputs'>{''.join(_card(p, 'input') for p in res.inputs)}</div>")
+        parts.append(f"<div class='dopd-row' id='dopd-inputs'>{''.join(card_html(p, 'input') for p in res.inputs)}</div>")
     parts.append(f"<h4 class='dopd-head'>Models (seed {res.seed})</h4>")
-    parts.append(f"<div class='dopd-row' id='dopd-result'>{''.join(_card(p, 'output') for p in res.outputs)}</div>")
+    parts.append(f"<div class='dopd-row' id='dopd-result'>{''.join(card_html(p, 'output') for p in res.outputs)}</div>")
     parts.append(f"<p class='dopd-note' id='dopd-time'>seed {res.seed}; answered in {res.seconds:.2f} s</p>")
     return "".join(parts)
