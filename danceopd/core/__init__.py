@@ -4,7 +4,7 @@ Plain torch only (no model libraries, no training plumbing). Conventions are doc
 :mod:`danceopd.core.flow`.
 """
 
-from .cfg import GuidedEditField, GuidedField, cfg_combine, cfg_combine_edit
+from .cfg import cfg_combine, cfg_combine_edit
 from .flow import (
     VelocityField,
     batch_time,
@@ -47,8 +47,6 @@ __all__ = [
     "BETA_PARAMS",
     "QUERY_BIASES",
     "ROUTE_MODES",
-    "GuidedEditField",
-    "GuidedField",
     "RolloutStates",
     "Route",
     "RouteSampler",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .flow import VelocityField, _compute_dtype, batch_time
+from .flow import _compute_dtype
 
 GuidanceScale = float | Tensor
 
@@ -80,53 +80,3 @@ def cfg_combine_edit(
     if torch.is_floating_point(s_i):
         s_i = s_i.to(dtype)
     return v_uncond + s_i * (v_img - v_uncond) + s_t * (v_full - v_img)
-
-
-class GuidedField:
-    """Velocity field ``(x_t, t) -> cfg_combine(field_cond(x_t, t), field_uncond(x_t, t), alpha)``.
-
-    Evaluates both fields (two forward passes; batch them inside the fields if desired). Use it as the
-    teacher in distillation to absorb CFG into the student, or as a sampler field.
-
-    Args:
-        field_cond: conditional velocity field.
-        field_uncond: unconditional velocity field.
-        alpha: guidance scale, float or ``[B]`` (must match the batch the field is called with).
-    """
-
-    def __init__(self, field_cond: VelocityField, field_uncond: VelocityField, alpha: GuidanceScale):
-        self.field_cond = field_cond
-        self.field_uncond = field_uncond
-        self.alpha = alpha
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        t_b = batch_time(t, x_t)
-        return cfg_combine(self.field_cond(x_t, t_b), self.field_uncond(x_t, t_b), self.alpha)
-
-
-class GuidedEditField:
-    """Velocity field applying :func:`cfg_combine_edit` to three fields (full, image-only, unconditional)."""
-
-    def __init__(
-        self,
-        field_full: VelocityField,
-        field_img: VelocityField,
-        field_uncond: VelocityField,
-        text_scale: GuidanceScale,
-        image_scale: GuidanceScale,
-    ):
-        self.field_full = field_full
-        self.field_img = field_img
-        self.field_uncond = field_uncond
-        self.text_scale = text_scale
-        self.image_scale = image_scale
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        t_b = batch_time(t, x_t)
-        return cfg_combine_edit(
-            self.field_full(x_t, t_b),
-            self.field_img(x_t, t_b),
-            self.field_uncond(x_t, t_b),
-            self.text_scale,
-            self.image_scale,
-        )

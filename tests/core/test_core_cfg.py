@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from danceopd.core import GuidedEditField, GuidedField, cfg_combine, cfg_combine_edit
+from danceopd.core import cfg_combine, cfg_combine_edit
 
 
 def _vs(n=3, seed=0):
@@ -35,29 +35,6 @@ def test_cfg_per_sample_alpha():
         cfg_combine(v_c, v_u, torch.ones(3))
 
 
-def test_guided_field_calls_both_fields_and_combines():
-    calls = []
-
-    def cond(x, t):
-        calls.append("c")
-        return 2 * x + t.reshape(-1, 1)
-
-    def uncond(x, t):
-        calls.append("u")
-        return -x
-
-    x = torch.randn(3, 5, dtype=torch.float64)
-    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    field = GuidedField(cond, uncond, 3.0)
-    out = field(x, t)
-    torch.testing.assert_close(out, cfg_combine(cond(x, t), uncond(x, t), 3.0))
-    assert sorted(calls[:2]) == ["c", "u"]
-    alpha = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
-    per_sample = GuidedField(cond, uncond, alpha)(x, t)
-    torch.testing.assert_close(per_sample[0], cond(x, t)[0])
-    torch.testing.assert_close(per_sample[1], uncond(x, t)[1])
-
-
 def test_edit_guidance_reductions():
     v_full, v_img, v_u = _vs(3, seed=3)
     torch.testing.assert_close(cfg_combine_edit(v_full, v_img, v_u, 1.0, 1.0), v_full)
@@ -75,10 +52,3 @@ def test_edit_guidance_reductions():
     )
     # v_img == v_uncond collapses to one-condition CFG with the text scale
     torch.testing.assert_close(cfg_combine_edit(v_full, v_u, v_u, 4.0, 2.0), cfg_combine(v_full, v_u, 4.0))
-
-
-def test_guided_edit_field():
-    x = torch.randn(2, 3, dtype=torch.float64)
-    t = torch.tensor([0.3, 0.6], dtype=torch.float64)
-    field = GuidedEditField(lambda x, t: 3 * x, lambda x, t: x, lambda x, t: 0 * x, 2.0, 1.5)
-    torch.testing.assert_close(field(x, t), 1.5 * x + 2.0 * (2 * x))
