@@ -19,6 +19,7 @@ DEFAULT_MODELS = {"t2i": ("world:t2i", "A_danceopd"), "local_edit": ("world:loca
                   "global_edit": ("world:global_edit", "world:edit", "A_danceopd")}
 EXAMPLES_PER_CATEGORY = 3
 MAX_MODELS = 4
+MAX_CACHED_MODELS = 12
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 MAX_UPLOAD_SIDE = 2048
 
@@ -192,6 +193,8 @@ class Demo:
         spec = spec.strip()
         with self._lock:
             if spec not in self._models:
+                if len(self._models) >= MAX_CACHED_MODELS:  # forget the least recently loaded
+                    self._models.pop(next(iter(self._models)))
                 self._models[spec] = load_backend(spec)
             return self._models[spec]
 
