@@ -27,7 +27,7 @@ def find_chromium() -> tuple[str, str] | None:
 
 
 def chromium_driver(width: int = 1400, height: int = 1000):
-    """A headless Chromium webdriver with a fresh profile (removed on ``driver.quit()`` by the caller's cleanup)."""
+    """A headless Chromium webdriver with a fresh profile (removed by ``driver.quit()``)."""
     os.environ.setdefault("SE_AVOID_STATS", "true")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -37,10 +37,18 @@ def chromium_driver(width: int = 1400, height: int = 1000):
         raise RuntimeError("no system chromium + chromedriver (apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
-    for a in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='dopd-chromium-')}",
-              f"--window-size={width},{height}"):
+    profile = tempfile.mkdtemp(prefix="dopd-chromium-")
+    for a in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         opts.add_argument(a)
-    return webdriver.Chrome(service=Service(found[1]), options=opts)
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    close = driver.quit
+
+    def quit_and_clean():
+        close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+    driver.quit = quit_and_clean
+    return driver
 
 
 def free_port() -> int:
