@@ -12,7 +12,7 @@ from test_report_runner import _tiny, fake_scores
 
 from danceopd.cli import main
 from danceopd.report import plan, runner
-from danceopd.report.links import link_name
+from danceopd.report.links import link_name, link_runs
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,6 @@ def quick_out(tmp_path_factory):
         mp.setattr(runner, "evaluate_model", fake_scores)
         mp.setattr(plan, "quick_plan", lambda seed=0: _tiny(real(seed)))
         assert main(["reproduce", "--preset", "quick", "--out", str(out)]) == 0
-        # a rerun (everything cached) replaces the links in place
-        assert main(["reproduce", "--preset", "quick", "--out", str(out), "--report-only"]) == 0
     return out, printed.getvalue()
 
 
@@ -43,6 +41,10 @@ def test_readable_run_paths(quick_out):
         link = out / f"A_{m}"
         assert (link / "model.safetensors").is_file()
         assert os.path.realpath(link).startswith(os.path.realpath(out / "cells"))
+    # a rerun replaces the links in place
+    recs = runner.load_done(_tiny(plan.quick_plan()), out)
+    assert sorted(p.name for p in link_runs(recs, out)) == ["A_danceopd", "A_joint_sft", "A_offpolicy"]
+    assert (out / "A_danceopd").is_symlink() and not list(out.glob(".*.tmp"))
     # the README's commands work on the readable path
     assert main(["sample", "--model", str(out / "A_danceopd"), "--prompt", "a red circle",
                  "--out", str(out / "a.png")]) == 0
