@@ -130,7 +130,7 @@ def build_sd3(out, size: str = "tiny", seed: int = 0, dtype=None, device=None) -
     _randomize_zero_init(pipe.transformer, seed)
     if dtype is not None:
         pipe.to(dtype)
-    pipe.save_pretrained(str(out))
+    pipe.to("cpu").save_pretrained(str(out))
     return Path(out)
 
 

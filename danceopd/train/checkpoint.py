@@ -93,6 +93,13 @@ def _has_lora(model) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
+def _bare(model):
+    """The module under DDP / compile wrappers (its parameter names do not depend on how it was launched)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True)
+
+
 def _weights_file(i: int) -> str:
     return "model.safetensors" if i == 0 else f"model_{i}.safetensors"
 
@@ -116,10 +123,11 @@ def _save_state_hook(models, weights, output_dir):
 
     info = {}
     for i, model in enumerate(models):
+        model = _bare(model)
         if not _has_lora(model):
             continue
-        keys = [n for n, p in model.named_parameters() if p.requires_grad]
-        weights[i] = {k: weights[i][k] for k in keys}
+        keys = {n for n, p in model.named_parameters() if p.requires_grad}
+        weights[i] = {k: v for k, v in model.state_dict().items() if k in keys}   # bare names: any process count
         info[_weights_file(i)] = {"trainable_only": True, "keys": len(keys),
                                   "frozen_fingerprint": frozen_fingerprint(model)}
     if info and PartialState().is_main_process:
@@ -136,6 +144,7 @@ def _load_state_hook(models, input_dir):
     info = json.loads(meta.read_text(encoding="utf-8"))
     for i, model in enumerate(models):
         name = _weights_file(i)
+        model = _bare(model)
         dev = next(model.parameters()).device
         sd = load_file(str(Path(input_dir) / name), device=str(dev))
         rec = info.get(name)
