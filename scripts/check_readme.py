@@ -38,6 +38,7 @@ RULES = (
     (r"^accelerate launch", "static", "multi-GPU launch of a real diffusers model"),
     (r"--pipeline /models/", "static", "needs a downloaded diffusers pipeline under /models"),
     (r"danceopd train +--config configs/world/t2i\.yaml", "static", "99 minutes of 2-core training"),
+    (r"danceopd reproduce --preset full", "static", "tens of hours (the staged runner is tested in tests/report)"),
     (r"danceopd reproduce --preset quick", "slow", ""),
     (r"danceopd eval ", "slow", ""),
     (r"danceopd distill ", "slow", ""),

@@ -118,7 +118,8 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
         ax.set_title(f"setting {setting} (validation seed {VAL_SEED})", fontsize=9)
         ax.set_xlabel("optimizer step (32 samples each)")
         ax.set_ylabel("overall quality (0-10)")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     if not any_curve:
         plt.close(fig)
         return None, plateaus
