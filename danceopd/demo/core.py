@@ -309,39 +309,41 @@ class Demo:
             out[i] = (reading.layouts[k], pq, pq >= READABLE_PQ)
         return out
 
-    def _judge_t2i(self, specs, imgs, constraints) -> list[Panel]:
-        from ..eval.metrics import geneval_pass
-
+    def _panels(self, specs, imgs, checks_for) -> list[Panel]:
+        """One panel per model: its image, ``checks_for(layout, pq, readable)`` and what the judge read (or the
+        model's note instead of an image)."""
         reads, panels = self._read(imgs), []
         for i, (spec, img) in enumerate(zip(specs, imgs)):
             if i not in reads:
                 panels.append(Panel(spec, None, note=img))
                 continue
             layout, pq, readable = reads[i]
+            panels.append(Panel(spec, img, checks_for(layout, pq, readable),
+                                note=f"judge reads: {describe_layout(layout)}"))
+        return panels
+
+    def _judge_t2i(self, specs, imgs, constraints) -> list[Panel]:
+        from ..eval.metrics import geneval_pass
+
+        def checks_for(layout, pq, readable):
             checks = [Check(f"PQ {pq:.1f} (readable image)", readable)]
             if constraints:
                 checks += t2i_checks(constraints, layout)
                 ok = readable and geneval_pass(constraints, layout)
                 checks.insert(0, Check("GenEval-style: PASS" if ok else "GenEval-style: FAIL", ok))
-            panels.append(Panel(spec, img, checks, note=f"judge reads: {describe_layout(layout)}"))
-        return panels
+            return checks
+
+        return self._panels(specs, imgs, checks_for)
 
     def _judge_edit(self, specs, imgs, src_scene, target) -> list[Panel]:
         from ..eval.metrics import edit_scores, overall
 
-        reads, panels = self._read(imgs), []
-        for i, (spec, img) in enumerate(zip(specs, imgs)):
-            if i not in reads:
-                panels.append(Panel(spec, None, note=img))
-                continue
-            layout, pq, readable = reads[i]
-            checks = []
-            if target is not None:
-                sc = edit_scores(layout, src_scene.layout(), target.layout())["sc"] if readable else 0.0
-                o = overall(sc, pq)
-                checks.append(Check(f"GEdit-style: SC {sc:.1f}  PQ {pq:.1f}  O {o:.1f}", o >= 5))
-                checks += edit_checks(layout, src_scene.layout(), target.layout())
-            else:
-                checks.append(Check(f"PQ {pq:.1f} (readable image)", readable))
-            panels.append(Panel(spec, img, checks, note=f"judge reads: {describe_layout(layout)}"))
-        return panels
+        def checks_for(layout, pq, readable):
+            if target is None:
+                return [Check(f"PQ {pq:.1f} (readable image)", readable)]
+            sc = edit_scores(layout, src_scene.layout(), target.layout())["sc"] if readable else 0.0
+            o = overall(sc, pq)
+            return [Check(f"GEdit-style: SC {sc:.1f}  PQ {pq:.1f}  O {o:.1f}", o >= 5),
+                    *edit_checks(layout, src_scene.layout(), target.layout())]
+
+        return self._panels(specs, imgs, checks_for)
