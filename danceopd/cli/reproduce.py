@@ -50,7 +50,7 @@ def reproduce_cmd(
     if report_only and (force or retrain_teachers):
         raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
     cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
-    check_force(force, {c.id for c in cells} | (later_stage_ids() if preset == "full" else set()))
+    check_force(force, {c.id for c in cells} | (later_stage_ids(seed) if preset == "full" else set()))
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -72,7 +72,7 @@ def reproduce_cmd(
     planned = len(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
         for stage in (curve_stage, seed_stage):
-            nxt = stage(recs)
+            nxt = stage(recs, seed)
             if nxt is None:
                 break
             planned += len(nxt)

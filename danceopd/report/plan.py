@@ -144,7 +144,7 @@ def ablation_cells(seed: int = 0) -> list[Cell]:
 
 def full_plan_stage1(seed: int = 0) -> list[Cell]:
     """The first stage of the full preset: the teachers' scores and the learning-rate x guidance grid."""
-    return teacher_cells() + grid_cells()
+    return teacher_cells() + grid_cells(seed)
 
 
 def overall_quality(scores: dict, setting: str) -> float:
@@ -157,7 +157,7 @@ def overall_quality(scores: dict, setting: str) -> float:
     return o if o is not None else float("nan")
 
 
-# ---- the comparison at convergence (docs/reproduce.md, "Budget and seeds") ---------------------------------------
+# ---- the comparison at convergence (docs/reproduce.md, "Presets") -------------------------------------------------
 # Every main method sees both routes in every optimizer step, 16 samples each (configs/world/setting_*.yaml), so a
 # step is 32 training samples for every method and steps are matched samples. The protocol, in stages:
 #   1. grid:     learning rate x sampling guidance per (setting, method), GRID_STEPS steps, scored on VAL_SEED;
@@ -165,7 +165,9 @@ def overall_quality(scores: dict, setting: str) -> float:
 #                steps on VAL_SEED (the budget is read off these curves);
 #   3. seeds:    DanceOPD and the strongest baseline to 5 seeds, the other main methods to 3, at the budget;
 #   4. the rest: dense on-policy baselines at DanceOPD's wall time, weight merge, ablations (shorter budget).
-# Final scores of a seed-s cell use evaluation seed s (disjoint prompt / edit sets per seed, never VAL_SEED).
+# Seeds count from ``base`` (``reproduce --seed``; default 0): grid, curves and ablations use base, the extra seeds
+# base + 1, ... Final scores of a seed-s cell use evaluation seed s (disjoint prompt / edit sets per seed, never
+# VAL_SEED).
 MAIN_METHODS = ("danceopd", "joint_sft", "offpolicy", "soft_mix")
 LR_GRID = (1e-4, 2e-4, 5e-4)
 SCALE_GRID = (1.0, 2.0, 3.0)   # text guidance the trained student samples with (1 = CFG absorbed)
@@ -178,9 +180,9 @@ CONVERGE_CURVE_N = 50
 SEEDS_BEST, SEEDS_OTHER = 5, 3
 
 
-def grid_cells() -> list[Cell]:
+def grid_cells(base: int = 0) -> list[Cell]:
     """Stage 1: learning rate (trained) x sampling guidance (evaluated) for every main method in both settings."""
-    return [_distill(s, m, 0, steps=GRID_STEPS, eval_n=GRID_N, extra=[f"train.lr={lr:g}"], eval_seed=VAL_SEED,
+    return [_distill(s, m, base, steps=GRID_STEPS, eval_n=GRID_N, extra=[f"train.lr={lr:g}"], eval_seed=VAL_SEED,
                      sample_scales=SCALE_GRID, tag_extra={"grid": "lr", "value": f"{lr:g}"})
             for s in ("A", "B") for m in MAIN_METHODS for lr in LR_GRID]
 
@@ -205,24 +207,19 @@ def choose_hparams(grid: dict[str, dict], setting: str, method: str) -> tuple[fl
 
 def _converged(setting, method, seed, hp, curve=False):
     lr, scale = hp
-    return _distill(setting, method, seed, steps=CONVERGE_STEPS,
-                    extra=[f"train.lr={lr:g}", f"sampling.text_scale={scale:g}"],
-                    curve=CONVERGE_CURVE if curve else (), curve_n=CONVERGE_CURVE_N if curve else None,
-                    tag_extra=None)
+    c = _distill(setting, method, seed, steps=CONVERGE_STEPS,
+                 extra=[f"train.lr={lr:g}", f"sampling.text_scale={scale:g}"],
+                 curve=CONVERGE_CURVE if curve else (), curve_n=CONVERGE_CURVE_N if curve else None)
+    c.tags.update({"lr": lr, "sample_scale": scale})
+    return c
 
 
-def curve_cells(grid: dict[str, dict]) -> list[Cell]:
-    """Stage 2: seed 0 of every main method in both settings with its grid-chosen settings, with curves."""
-    cells = []
-    for s in ("A", "B"):
-        for m in MAIN_METHODS:
-            c = _converged(s, m, 0, choose_hparams(grid, s, m), curve=True)
-            c.tags.update({"lr": choose_hparams(grid, s, m)[0], "sample_scale": choose_hparams(grid, s, m)[1]})
-            cells.append(c)
-    return cells
+def curve_cells(grid: dict[str, dict], base: int = 0) -> list[Cell]:
+    """Stage 2: the base seed of every main method in both settings with its grid-chosen settings, with curves."""
+    return [_converged(s, m, base, choose_hparams(grid, s, m), curve=True) for s in ("A", "B") for m in MAIN_METHODS]
 
 
-def seed_cells(grid: dict[str, dict], seed0: dict[str, dict]) -> list[Cell]:
+def seed_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -> list[Cell]:
     """Stage 3: more seeds at the budget: SEEDS_BEST for DanceOPD and the strongest baseline of each setting (by
     seed-0 overall quality), SEEDS_OTHER for the other main methods."""
     cells = []
@@ -232,11 +229,7 @@ def seed_cells(grid: dict[str, dict], seed0: dict[str, dict]) -> list[Cell]:
         best = ranked[0][1] if ranked else None
         for m in MAIN_METHODS:
             n = SEEDS_BEST if m in ("danceopd", best) else SEEDS_OTHER
-            hp = choose_hparams(grid, s, m)
-            for seed in range(1, n):
-                c = _converged(s, m, seed, hp)
-                c.tags.update({"lr": hp[0], "sample_scale": hp[1]})
-                cells.append(c)
+            cells += [_converged(s, m, base + i, choose_hparams(grid, s, m)) for i in range(1, n)]
     return cells
 
 
@@ -246,25 +239,25 @@ def _done(recs: dict[str, dict], cells: list[Cell]) -> dict[str, dict] | None:
     return got if len(got) == len(cells) else None
 
 
-def curve_stage(recs: dict[str, dict]) -> list[Cell] | None:
+def curve_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     """Stage 2 once the grid is complete (None before)."""
-    grid = _done(recs, grid_cells())
-    return None if grid is None else curve_cells(grid)
+    grid = _done(recs, grid_cells(base))
+    return None if grid is None else curve_cells(grid, base)
 
 
-def seed_stage(recs: dict[str, dict]) -> list[Cell] | None:
+def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     """Stage 3 once the seed-0 curve cells are complete, then stage 4 (weight merge, the dense baselines at
     DanceOPD's wall time, ablations) in the same list (None before)."""
-    grid = _done(recs, grid_cells())
-    seed0 = None if grid is None else _done(recs, curve_cells(grid))
+    grid = _done(recs, grid_cells(base))
+    seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
     if seed0 is None:
         return None
-    rest = [_distill(s, "weight_merge", 0) for s in ("A", "B")]
-    rest += [_distill(s, m, 0, steps=DENSE_STEPS[m], tag_extra=None) for s in ("A", "B") for m in DENSE_STEPS]
-    return seed_cells(grid, seed0) + rest + ablation_cells(0)
+    rest = [_distill(s, "weight_merge", base) for s in ("A", "B")]
+    rest += [_distill(s, m, base, steps=DENSE_STEPS[m]) for s in ("A", "B") for m in DENSE_STEPS]
+    return seed_cells(grid, seed0, base) + rest + ablation_cells(base)
 
 
-def later_stage_ids() -> set[str]:
+def later_stage_ids(base: int = 0) -> set[str]:
     """Ids of every cell a later stage could plan (for checking ``--force`` ids before any work)."""
-    ids = {_distill(s, m, seed).id for s in ("A", "B") for m in METHODS_ALL for seed in range(SEEDS_BEST)}
-    return ids | {c.id for c in ablation_cells(0)}
+    ids = {_distill(s, m, base + i).id for s in ("A", "B") for m in METHODS_ALL for i in range(SEEDS_BEST)}
+    return ids | {c.id for c in ablation_cells(base)}

@@ -39,7 +39,8 @@ def test_cheap_readme_commands_run_as_written(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_slow_readme_commands_run_as_written(tmp_path, capsys):
-    """After `make demo` (its reproduction, ~3 min): reproduce (cached), eval of runs/quick/A_danceopd, distill,
-    the benchmarks — about 15 minutes on 2 cores."""
+    """After `make demo` (its reproduction, ~7.5 min): reproduce (cached), eval of runs/quick/A_danceopd, distill
+    (400 steps), the benchmarks — about 30 minutes on 2 cores."""
     assert check_readme.main(["--tier", "slow", "--workdir", str(tmp_path)]) == 0, capsys.readouterr().err
