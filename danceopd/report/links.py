@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def link_name(tags: dict) -> str | None:
-    """``A_danceopd``, ``A_danceopd_s1``; None for teachers and ablation points."""
-    if "ablation" in tags or "setting" not in tags or "method" not in tags:
+    """``A_danceopd``, ``A_danceopd_s1``; None for teachers, ablation points and grid points."""
+    if "ablation" in tags or "grid" in tags or "setting" not in tags or "method" not in tags:
         return None
     seed = tags.get("seed", 0)
     return f"{tags['setting']}_{tags['method']}" + (f"_s{seed}" if seed else "")

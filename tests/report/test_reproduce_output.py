@@ -64,3 +64,4 @@ def test_link_names():
     assert link_name({"setting": "B", "method": "joint_sft", "seed": 2}) == "B_joint_sft_s2"
     assert link_name({"setting": "A", "method": "danceopd", "seed": 0, "ablation": "k"}) is None
     assert link_name({"teacher": "t2i"}) is None
+    assert link_name({"setting": "A", "method": "danceopd", "seed": 0, "grid": "lr", "value": "0.0005"}) is None
