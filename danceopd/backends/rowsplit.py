@@ -63,11 +63,12 @@ def row_parallel(fn: Callable[[slice], torch.Tensor], n_rows: int, workers: int,
         with torch.set_grad_enabled(grad):
             return fn(s)
 
-    return torch.cat(_map(workers, run, parts))
+    return torch.cat(_map(workers, run, [(s,) for s in parts]))
 
 
-def _map(workers: int, f, items) -> list:
-    futures = [_pool(workers).submit(f, *(it if isinstance(it, tuple) else (it,))) for it in items]
+def _map(workers: int, f, arg_tuples) -> list:
+    """``[f(*args) for args in arg_tuples]``, evaluated concurrently on the worker pool, results in order."""
+    futures = [_pool(workers).submit(f, *args) for args in arg_tuples]
     return [fut.result() for fut in futures]
 
 
@@ -82,7 +83,7 @@ class _RowsWithGrad(torch.autograd.Function):
             with torch.enable_grad():
                 return fn(s)
 
-        outs = _map(workers, run, parts)
+        outs = _map(workers, run, [(s,) for s in parts])
         ctx.outs, ctx.parts, ctx.workers, ctx.params = outs, parts, workers, params
         return torch.cat([o.detach() for o in outs])
 
