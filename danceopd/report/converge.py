@@ -12,18 +12,20 @@ from .plan import (
     CONVERGE_STEPS,
     LR_GRID,
     MAIN_METHODS,
+    PLATEAU_TOL,
     SCALE_GRID,
     VAL_SEED,
+    budget,
     choose_hparams,
+    curve_points,
     overall_quality,
+    plateau_step,
 )
 from .stats import paired_bootstrap
 
+__all__ = ["convergence_section", "plateau_step"]
+
 PAPER_GAIN = {"A": 8.1, "B": 16.1}   # DanceOPD vs the best baseline in the paper, % of overall quality
-# A curve has plateaued at step s when no later point is more than PLATEAU_TOL above it (overall quality, 0-10).
-# Fixed before any curve was measured; docs/reproduce.md compares it with the measured item noise of the
-# validation score.
-PLATEAU_TOL = 0.2
 SEES = {   # per optimizer step, every main method: both routes, 16 samples each (configs/world/setting_*.yaml)
     "danceopd": "32 samples (2 routes x 16); per sample 1 student rollout (<= 8 Euler steps, no grad), "
                 "1 routed-teacher query (CFG: 2 forwards), 1 student forward + backward",
@@ -36,29 +38,38 @@ SEES = {   # per optimizer step, every main method: both routes, 16 samples each
 }
 
 
-def _main(recs, setting, method):
-    """Finished converged (budget-length, non-grid, non-ablation) cells of (setting, method), by seed."""
+def _is_main(r, setting, method) -> bool:
+    t = r.get("tags", {})
+    return (r.get("status") == "done" and t.get("setting") == setting and t.get("method") == method
+            and "grid" not in t and "ablation" not in t)
+
+
+def _curve_rec(recs, setting, method) -> dict | None:
+    """The seed-0 curve cell of (setting, method), if finished."""
+    return next((r for r in recs.values() if _is_main(r, setting, method) and r.get("curve")), None)
+
+
+def _seed0(recs, setting) -> dict[str, dict] | None:
+    """{id: curve record} of every main method of ``setting`` once all have finished (None before)."""
+    got = {m: _curve_rec(recs, setting, m) for m in MAIN_METHODS}
+    return None if any(r is None for r in got.values()) else {r["id"]: r for r in got.values()}
+
+
+def _main(recs, setting, method, b) -> dict[int, dict]:
+    """Results of (setting, method) at the budget ``b``, by seed: seed 0 from its curve cell's test-seed score at
+    step b, the other seeds from their b-step cells."""
     out = {}
     for r in recs.values():
-        t = r.get("tags", {})
-        if (r.get("status") == "done" and t.get("setting") == setting and t.get("method") == method
-                and "grid" not in t and "ablation" not in t and r.get("steps") == CONVERGE_STEPS):
-            out[t.get("seed", 0)] = r
+        if not _is_main(r, setting, method):
+            continue
+        seed = r["tags"].get("seed", 0)
+        if r.get("curve"):
+            pt = next((p for p in r["curve"] if p["step"] == b and "test" in p), None)
+            if pt is not None:
+                out[seed] = {**r, "scores": pt["test"], "steps": b}
+        elif r.get("steps") == b:
+            out[seed] = r
     return out
-
-
-def plateau_step(points: list[tuple[int, float]]) -> int | None:
-    """First step after which the curve never rises more than PLATEAU_TOL; None if it is still rising at its last
-    point (the last point beats every earlier one by more than PLATEAU_TOL)."""
-    pts = sorted(points)
-    if len(pts) < 2:
-        return None
-    if pts[-1][1] - max(v for _, v in pts[:-1]) > PLATEAU_TOL:
-        return None
-    for i, (s, v) in enumerate(pts):
-        if max(w for _, w in pts[i:]) - v <= PLATEAU_TOL:
-            return s
-    return None
 
 
 def sees_table() -> str:
@@ -106,16 +117,19 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
     any_curve = False
     for ax, setting in zip(axes, ("A", "B")):
         for m in MAIN_METHODS:
-            r = _main(recs, setting, m).get(0)
-            if not r or not r.get("curve"):
+            r = _curve_rec(recs, setting, m)
+            if not r:
                 continue
-            pts = sorted((p["step"], overall_quality(p["scores"], setting)) for p in r["curve"])
+            pts = curve_points(r, setting)
             any_curve = True
             ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=m)
             plateaus[(setting, m)] = plateau_step(pts)
             lines.append(f"| {setting} | {m} | " + ", ".join(f"{s}: {v:.2f}" for s, v in pts) + " | "
                          + (str(plateaus[(setting, m)]) if plateaus[(setting, m)] else "still rising") + " |")
-        ax.set_title(f"setting {setting} (validation seed {VAL_SEED})", fontsize=9)
+        seed0 = _seed0(recs, setting)
+        if seed0:
+            ax.axvline(budget(seed0, setting), color="grey", ls="--", lw=0.8)
+        ax.set_title(f"setting {setting} (validation seed {VAL_SEED}; dashed: budget)", fontsize=9)
         ax.set_xlabel("optimizer step (32 samples each)")
         ax.set_ylabel("overall quality (0-10)")
         if ax.lines:
@@ -129,6 +143,14 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
     plt.close(fig)
     md = ["![learning curves](figures/converge_curves.png)", "",
           "| setting | method | overall quality by step | plateau step |", "|---|---|---|---|", *lines]
+    for setting in ("A", "B"):
+        seed0 = _seed0(recs, setting)
+        if seed0:
+            b = budget(seed0, setting)
+            rising = [m for (s, m), p in plateaus.items() if s == setting and p is None]
+            why = (f"still rising at {CONVERGE_STEPS}: {', '.join(rising)} (the budget is the longest curve)"
+                   if rising else "the first curve point at or after every plateau")
+            md.append(f"\nSetting {setting}: budget **{b} steps** ({why}).")
     return "\n".join(md), plateaus
 
 
@@ -139,11 +161,12 @@ def _fmt(vals, d=2):
     return f"{vals[0]:.{d}f}" if len(vals) == 1 else f"{np.mean(vals):.{d}f} ± {np.std(vals, ddof=1):.{d}f}"
 
 
-def results(recs, setting) -> str | None:
-    """Main methods at the budget (mean ± std over seeds) and DanceOPD - best baseline with its 95% interval."""
+def results(recs, setting, b) -> str | None:
+    """Main methods at the budget ``b`` (mean ± std over seeds) and DanceOPD - best baseline with its 95%
+    interval."""
     rows, means = [], {}
     for m in MAIN_METHODS:
-        by_seed = _main(recs, setting, m)
+        by_seed = _main(recs, setting, m, b)
         if not by_seed:
             continue
         scs = [r["scores"] for r in by_seed.values()]
@@ -161,7 +184,7 @@ def results(recs, setting) -> str | None:
     base = [m for m in means if m != "danceopd"]
     if "danceopd" in means and base:
         best = max(base, key=lambda m: means[m])
-        items = {m: {s: r["scores"]["items"] for s, r in _main(recs, setting, m).items()
+        items = {m: {s: r["scores"]["items"] for s, r in _main(recs, setting, m, b).items()
                      if (r["scores"].get("items") or {}).get("gedit_o")} for m in ("danceopd", best)}
         bs = paired_bootstrap(items["danceopd"], items[best], setting)
         gain = (means["danceopd"] - means[best]) / max(abs(means[best]), 1e-9) * 100
@@ -186,13 +209,15 @@ def convergence_section(recs, figdir: Path) -> str | None:
                       "overall quality; bold = chosen)", g]
     cur, _ = curves(recs, figdir)
     if cur:
-        parts += [f"### Learning curves (budget rule: every main method at its plateau, PLATEAU_TOL = "
-                  f"{PLATEAU_TOL})", cur]
+        parts += [f"### Learning curves (budget rule: one matched budget at or past every main method's plateau; "
+                  f"plateau = no later point more than {PLATEAU_TOL} above)", cur]
     for s in ("A", "B"):
-        r = results(recs, s)
+        seed0 = _seed0(recs, s)
+        b = budget(seed0, s) if seed0 else None
+        r = results(recs, s, b) if b else None
         if r:
-            parts += [f"### Setting {s} at {CONVERGE_STEPS} steps ({CONVERGE_STEPS * 32:,} training samples per "
-                      "method)", r]
+            parts += [f"### Setting {s} at the budget: {b} steps ({b * 32:,} training samples per method; seed 0 "
+                      "from its curve cell at that step, scored on its test seed)", r]
     if not parts:
         return None
     return "\n\n".join(["### What each method sees per step", sees_table(), *parts])

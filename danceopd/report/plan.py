@@ -37,6 +37,8 @@ class Cell:
     curve_n: int | None = None
     eval_seed: int | None = None      # seed of the final evaluation (None = ``seed``)
     sample_scales: list[float] = field(default_factory=list)  # grid cells: also evaluate at these sampling scales
+    curve_test: bool = False          # curve cells: also score every curve point on the test seed (the budget's
+                                      # seed-``seed`` result is then read off the curve, see ``budget``)
     tags: dict = field(default_factory=dict)
     teacher_runs: dict = field(default_factory=dict)  # --retrain-teachers: {world:<name>: run folder}
 
@@ -45,6 +47,8 @@ class Cell:
         d.pop("tags")
         if not d["teacher_runs"]:  # shipped teachers: identified by their sha256 below
             d.pop("teacher_runs")
+        if not d["curve_test"]:    # fields added later enter the key only when set (older keys stay valid)
+            d.pop("curve_test")
         if self.config:
             import yaml
 
@@ -104,9 +108,14 @@ def quick_plan(seed: int = 0) -> list[Cell]:
 
 # The dense on-policy baselines cost far more per step than DanceOPD: `python scripts/bench_distill.py --threads 2
 # --iters 3` (batch 32, 8 rollout steps, setting A) measured DanceOPD 0.675 s, Flow-OPD 3.18 s (4.7x), DiffusionOPD
-# 11.8 s (17.4x). They get the steps that cost about DanceOPD's converged training time (matched wall time); the
+# 11.8 s (17.4x). They get the steps that cost about DanceOPD's training time at the budget (matched wall time); the
 # report prints every row's steps, s/step and wall time next to its scores.
-DENSE_STEPS = {"diffusionopd": 170, "flowopd": 640}
+DENSE_COST = {"diffusionopd": 17.4, "flowopd": 4.7}   # s/step relative to DanceOPD (measured above)
+
+
+def dense_steps(method: str, budget: int) -> int:
+    """Steps of a dense on-policy baseline that cost about ``budget`` DanceOPD steps of wall time."""
+    return max(1, round(budget / DENSE_COST[method]))
 ABLATION_STEPS = 200
 ABLATION_EVAL_N = 40
 
@@ -205,31 +214,83 @@ def choose_hparams(grid: dict[str, dict], setting: str, method: str) -> tuple[fl
     return -best[1], -best[2]
 
 
-def _converged(setting, method, seed, hp, curve=False):
+def _converged(setting, method, seed, hp, curve=False, steps=CONVERGE_STEPS):
     lr, scale = hp
-    c = _distill(setting, method, seed, steps=CONVERGE_STEPS,
+    c = _distill(setting, method, seed, steps=steps,
                  extra=[f"train.lr={lr:g}", f"sampling.text_scale={scale:g}"],
                  curve=CONVERGE_CURVE if curve else (), curve_n=CONVERGE_CURVE_N if curve else None)
+    c.curve_test = curve
     c.tags.update({"lr": lr, "sample_scale": scale})
     return c
 
 
 def curve_cells(grid: dict[str, dict], base: int = 0) -> list[Cell]:
-    """Stage 2: the base seed of every main method in both settings with its grid-chosen settings, with curves."""
+    """Stage 2: the base seed of every main method in both settings with its grid-chosen settings, with curves
+    (every point scored on VAL_SEED for the budget and on the cell's own test seed for the results)."""
     return [_converged(s, m, base, choose_hparams(grid, s, m), curve=True) for s in ("A", "B") for m in MAIN_METHODS]
+
+
+# ---- the budget rule ------------------------------------------------------------------------------------------
+# A curve has plateaued at step s when no later point is more than PLATEAU_TOL above it (overall quality, 0-10).
+# Fixed before any curve was measured; docs/reproduce.md compares it with the measured item noise of the
+# validation score. The budget of a setting is ONE matched budget past every main method's plateau: the first
+# curve point at or after the latest plateau (CONVERGE_STEPS when a curve is still rising at its end). Training
+# runs at a constant learning rate after warmup and resumes exactly, so the seed-0 curve cell's student at step B
+# is the student a B-step run trains: its test-seed score at B (``curve_test``) is seed 0's result.
+PLATEAU_TOL = 0.2
+
+
+def plateau_step(points: list[tuple[int, float]]) -> int | None:
+    """First step after which the curve never rises more than PLATEAU_TOL; None if it is still rising at its last
+    point (the last point beats every earlier one by more than PLATEAU_TOL)."""
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None
+    if pts[-1][1] - max(v for _, v in pts[:-1]) > PLATEAU_TOL:
+        return None
+    for i, (s, v) in enumerate(pts):
+        if max(w for _, w in pts[i:]) - v <= PLATEAU_TOL:
+            return s
+    return None
+
+
+def curve_points(rec: dict, setting: str, key: str = "scores") -> list[tuple[int, float]]:
+    """(step, overall quality) of a curve record; ``key`` "scores" = VAL_SEED, "test" = the cell's test seed."""
+    return sorted((p["step"], overall_quality(p[key], setting)) for p in rec.get("curve") or [] if key in p)
+
+
+def plateaus(seed0: dict[str, dict], setting: str) -> dict[str, int | None]:
+    """{main method: plateau step of its seed-0 validation curve (None = still rising)} in ``setting``."""
+    return {r["tags"]["method"]: plateau_step(curve_points(r, setting)) for r in seed0.values()
+            if r["tags"].get("setting") == setting and r.get("curve")}
+
+
+def budget(seed0: dict[str, dict], setting: str) -> int:
+    """The comparison budget of ``setting`` (steps, 32 training samples each) from the seed-0 curves."""
+    ps = plateaus(seed0, setting)
+    if not ps or any(p is None for p in ps.values()):
+        return CONVERGE_STEPS
+    return min(s for s in CONVERGE_CURVE if s >= max(ps.values()))
+
+
+def val_at(rec: dict, setting: str, step: int) -> float:
+    """Validation overall quality of a curve record at ``step``."""
+    return dict(curve_points(rec, setting)).get(step, float("nan"))
 
 
 def seed_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -> list[Cell]:
     """Stage 3: more seeds at the budget: SEEDS_BEST for DanceOPD and the strongest baseline of each setting (by
-    seed-0 overall quality), SEEDS_OTHER for the other main methods."""
+    seed-0 validation quality at the budget), SEEDS_OTHER for the other main methods. Seed 0's result is its
+    curve cell's test score at the budget."""
     cells = []
     for s in ("A", "B"):
-        ranked = sorted(((overall_quality(r["scores"], s), r["tags"]["method"]) for r in seed0.values()
+        b = budget(seed0, s)
+        ranked = sorted(((val_at(r, s, b), r["tags"]["method"]) for r in seed0.values()
                          if r["tags"].get("setting") == s and r["tags"].get("method") != "danceopd"), reverse=True)
         best = ranked[0][1] if ranked else None
         for m in MAIN_METHODS:
             n = SEEDS_BEST if m in ("danceopd", best) else SEEDS_OTHER
-            cells += [_converged(s, m, base + i, choose_hparams(grid, s, m)) for i in range(1, n)]
+            cells += [_converged(s, m, base + i, choose_hparams(grid, s, m), steps=b) for i in range(1, n)]
     return cells
 
 
@@ -253,7 +314,7 @@ def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     if seed0 is None:
         return None
     rest = [_distill(s, "weight_merge", base) for s in ("A", "B")]
-    rest += [_distill(s, m, base, steps=DENSE_STEPS[m]) for s in ("A", "B") for m in DENSE_STEPS]
+    rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in ("A", "B") for m in DENSE_COST]
     return seed_cells(grid, seed0, base) + rest + ablation_cells(base)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     d = root / "cells" / cell.dirname
     rec_path = d / "cell.json"
     if force and d.exists():
-        import shutil
-
         shutil.rmtree(d)
     done = _read_done(cell, root) or (None if force or published is None else adopt_published(cell, root, published))
     if done:
@@ -100,15 +99,22 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
             train_distill(cfg, run_dir, resume=True, progress=progress)
             if s in cell.curve and s not in done_points:   # curves are validation: scored on VAL_SEED
                 sc = evaluate_model(str(run_dir), cell.suite, cell.curve_n, VAL_SEED)
-                sc.pop("items", None)   # per-item scores are kept for final evaluations only
-                rec["curve"].append({"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)})
+                sc.pop("items", None)   # per-item scores are kept for final (test) evaluations only
+                point = {"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)}
+                if cell.curve_test:     # the test-seed result a run stopped here would report
+                    point["test"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
+                    snap = d / "snapshots" / f"step_{s}.safetensors"   # local only; the final one is published
+                    snap.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(run_dir / "model.safetensors", snap)
+                rec["curve"].append(point)
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)
         final = json.loads((run_dir / "final.json").read_text())
         rec["steps"] = final.get("steps", final_steps)  # 0 for weight_merge (no training)
         rec["sec_per_step"] = final.get("sec_per_step")
         rec["train_wall_time_s"] = final.get("wall_time_s")
-        rec["scores"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
+        last = next((p for p in rec["curve"] if p["step"] == final_steps and "test" in p), None)
+        rec["scores"] = last["test"] if last else evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
         if cell.sample_scales:   # grid cells: the same student sampled with each guidance scale
             from ..backends.registry import load_backend
 
@@ -159,7 +165,6 @@ def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]
 def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
     """A published finished record of ``cell`` (same key), copied into ``root`` so the run reuses it; its student
     (when published) becomes the cell's model. None when ``dest`` has no such record."""
-    import shutil
 
     rec_src, w_src = published_paths(cell, dest)
     if not rec_src.is_file():
@@ -300,7 +305,6 @@ def publish(root: Path, dest: Path) -> None:
     """Copy the report (md, html, figures) and every finished cell's record (scores, command, SHA, wall time; no
     weights) from ``root`` to ``dest``; files are replaced one by one atomically, nothing else in ``dest`` is
     touched."""
-    import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
     items = [(root / "report.md", dest / "report.md"), (root / "report.html", dest / "report.html")]

@@ -34,19 +34,26 @@ def test_section_from_fake_records(tmp_path):
                       "by_scale": {f"{x:g}": {"gedit": {"avg": {"o": 5 + x / 10}}, "geneval": {"overall": 0.5}}
                                    for x in c.sample_scales}}
     level = {"danceopd": 8.0, "joint_sft": 7.0, "offpolicy": 6.0, "soft_mix": 5.0}
+    rng0 = np.random.default_rng(99)
     for c in curve_cells(recs):
         m = c.tags["method"]
         curve = [{"step": s, "scores": {"gedit": {"avg": {"o": level[m] * min(1, s / 1000)}},
                                         "geneval": {"overall": 0.7}}} for s in CONVERGE_CURVE]
+        curve[2]["test"] = _scores(level[m], np.random.default_rng(0))   # seed 0 at step 1000 on its test seed
         for seed in range(5 if m in ("danceopd", "joint_sft") else 3):
             rid = c.id.replace("/s0", f"/s{seed}")
-            recs[rid] = {"id": rid, "status": "done", "tags": {**c.tags, "seed": seed}, "steps": CONVERGE_STEPS,
-                         "scores": _scores(level[m], np.random.default_rng(seed)), "sec_per_step": 1.0,
-                         "curve": curve if seed == 0 else []}
+            # seeds 1+ ran to the budget (1000: every curve is flat from there); seed 0's final (3000-step) scores
+            # are far off and must not be used at the budget
+            recs[rid] = {"id": rid, "status": "done", "tags": {**c.tags, "seed": seed},
+                         "steps": CONVERGE_STEPS if seed == 0 else 1000,
+                         "scores": _scores(level[m], np.random.default_rng(seed)) if seed else _scores(0, rng0),
+                         "sec_per_step": 1.0, "curve": curve if seed == 0 else []}
     md = convergence_section(recs, tmp_path / "figures")
     assert (tmp_path / "figures" / "converge_curves.png").is_file()
     assert "| B | danceopd | 250: 2.00" in md and "| 1000 |" in md
     assert "DanceOPD − best baseline (joint_sft)" in md and "→ WIN" in md and "+8.1%" in md and "+16.1%" in md
+    assert "budget **1000 steps**" in md and "at the budget: 1000 steps" in md
+    assert "| danceopd | 5 | 7.99 ± 0.06 |" in md   # B; seed 0 taken from its curve at 1000 (its 3000-step scores are ~0)
     assert "**5.30**" in md   # the chosen grid point: the largest scale at the smallest lr on a tie of lrs
     path = write_report(recs, tmp_path, "t", "cmd")
     assert "## The comparison at convergence" in path.read_text()

@@ -9,8 +9,10 @@ from tinycfg import make_tiny_teachers
 from danceopd.errors import UserError
 from danceopd.report import runner
 from danceopd.report.plan import (
+    DENSE_COST,
     Cell,
     ablation_cells,
+    budget,
     choose_hparams,
     curve_stage,
     full_plan_stage1,
@@ -81,6 +83,10 @@ def _finished(cells, score=lambda c: 5.0, by_scale=None):
         rec = {"id": c.id, "status": "done", "tags": c.tags, "scores": sc}
         if c.sample_scales:
             rec["by_scale"] = {f"{x:g}": by_scale(c, x) if by_scale else sc for x in c.sample_scales}
+        if c.curve:   # rises to v at step 1000 (the plateau), flat after
+            rec["curve"] = [{"step": s, "scores": {"gedit": {"avg": {"o": v * min(1, s / 1000)}},
+                                                   "geneval": {"overall": v / 10 * min(1, s / 1000)}}, "test": sc}
+                            for s in c.curve]
         out[c.id] = rec
     return out
 
@@ -116,6 +122,18 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
         count[(c.tags["setting"], c.tags["method"])] += 1
     assert count[("A", "danceopd")] == count[("A", "soft_mix")] == 4      # seeds 1-4 (+ seed 0 = 5)
     assert count[("A", "joint_sft")] == count[("B", "offpolicy")] == 2    # seeds 1-2 (+ seed 0 = 3)
+    # the budget: the first curve point at or past every plateau (all flatten at 1000 here), not CONVERGE_STEPS
+    assert all(c.curve_test for c in curves) and not any(c.curve_test or c.curve for c in seeds)
+    assert all("train.steps=1000" in c.overrides for c in seeds)
+    dense = {c.tags["method"]: c for c in later if c.tags["method"] in DENSE_COST and c.tags["setting"] == "A"}
+    assert "train.steps=57" in dense["diffusionopd"].overrides and "train.steps=213" in dense["flowopd"].overrides
+    # one curve still rising at its end: that setting's budget is the whole curve
+    rising = next(c for c in curves if c.id == "B/offpolicy/s0")
+    recs[rising.id]["curve"][-1]["scores"]["gedit"]["avg"]["o"] = 9.9
+    assert budget({c.id: recs[c.id] for c in curves}, "B") == 3000
+    assert budget({c.id: recs[c.id] for c in curves}, "A") == 1000
+    assert all("train.steps=3000" in c.overrides for c in seed_stage(recs) if c.tags["setting"] == "B"
+               and c.tags["method"] in ("danceopd", "joint_sft", "offpolicy", "soft_mix") and "ablation" not in c.tags)
     assert {c.id for c in later} <= later_stage_ids() | {c.id for c in later if "ablation" in c.tags}
     assert {c.tags.get("ablation") for c in later} >= {"k", "cfg"}
 
@@ -300,6 +318,28 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
     other = _tiny(quick_plan())[-1]
     other.overrides.append("query.bias=mid_t")
     assert runner.adopt_published(other, root / "r3", root / "pub") is None
+
+
+def test_curve_cells_score_each_point_on_the_test_seed_as_a_run_stopped_there(tmp_path):
+    """A curve cell (curve_test) scores every curve point on VAL_SEED and on its own test seed; the test score at
+    step b equals the final score of a separate b-step run (constant LR after warmup, exact resume), which is what
+    lets the budget's seed-0 result be read off the curve. Real evaluation of tiny models."""
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+    cell = _tiny(quick_plan())[-1]                # A/danceopd/s0, 2 steps
+    cell.curve, cell.curve_test, cell.eval_n, cell.curve_n = [1, 2], True, 1, 1
+    rec = runner.run_plan([cell], tmp_path / "c", tmap)[cell.id]
+    assert [p["step"] for p in rec["curve"]] == [1, 2] and all("items" in p["test"] for p in rec["curve"])
+    assert all("items" not in p["scores"] for p in rec["curve"])   # validation points: aggregates only
+    assert rec["scores"] == rec["curve"][-1]["test"]          # the final point is not evaluated twice
+    assert (tmp_path / "c" / "cells" / cell.dirname / "snapshots" / "step_1.safetensors").is_file()
+    short = _tiny(quick_plan())[-1]
+    short.overrides.append("train.steps=1")
+    short.eval_n = 1
+    one = runner.run_plan([short], tmp_path / "s", tmap)[short.id]
+    at1 = rec["curve"][0]["test"]
+    assert one["scores"]["items"] == at1["items"] and one["scores"]["lpips"] == at1["lpips"]
+    assert rec["curve"][1]["test"]["lpips"] != at1["lpips"]   # a step later the student differs
 
 
 def test_jobs_run_cells_in_worker_processes_with_the_same_results(tmp_path):
