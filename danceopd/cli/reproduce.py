@@ -14,8 +14,11 @@ from . import app
 
 @app.command("reproduce")
 def reproduce_cmd(
-    preset: str = typer.Option("quick", "--preset", help="quick (comparison table, setting A; ~3 min on 2 cores) | "
-                               "full (everything; ~3.2 h on 2 cores, resumable)."),
+    preset: str = typer.Option("quick", "--preset", help="quick (the comparison table in minutes on 2 cores: the "
+                               "shipped converged students and the teachers evaluated here plus a short live "
+                               "distillation; without shipped students, setting-A students trained 120 steps) | "
+                               "full (the comparison at convergence: grid, curves, seeds; tens of hours on 2 "
+                               "cores, resumable, --device cuda --jobs N on a GPU)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default runs/<preset>)."),
     seed: int = typer.Option(0, "--seed", help="Base random seed."),
     force: list[str] = typer.Option([], "--force", help="Redo one cell by id, e.g. A/danceopd/s0 (repeatable)."),
@@ -33,9 +36,10 @@ def reproduce_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda: where cells train and are evaluated."),
 ):
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
+    from ..report import ship
     from ..report.links import link_runs
     from ..report.plan import curve_stage, full_plan_stage1, later_stage_ids, quick_plan, seed_stage
-    from ..report.report import comparison_table, write_report
+    from ..report.report import comparison_table, shipped_note, table2, write_report
     from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
@@ -49,7 +53,7 @@ def reproduce_cmd(
     _select_device(device)
     if report_only and (force or retrain_teachers):
         raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
-    cells = quick_plan(seed) if preset == "quick" else full_plan_stage1(seed)
+    cells = quick_plan(seed, ship.manifest()) if preset == "quick" else full_plan_stage1(seed)
     check_force(force, {c.id for c in cells} | (later_stage_ids(seed) if preset == "full" else set()))
     out = out or Path("runs") / preset
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,11 @@ def reproduce_cmd(
         publish(out, publish_dir)
     links = link_runs(recs, out)
     typer.echo("\n" + comparison_table(recs)[0].split("\n\n")[0] + "\n")
+    note = shipped_note(recs)
+    if note:   # the converged comparison: both Table-2 blocks too
+        for s in ("A", "B"):
+            typer.echo(f"Table 2, setting {s}:\n" + table2(recs, s)[0].split("\n\n")[0] + "\n")
+        typer.echo(note + "\n")
     if links:
         typer.echo(f"students: {', '.join(str(p) for p in links)} (e.g. danceopd eval --model {links[-1]} ...)")
     typer.echo(f"report: {path} and {out / 'report.html'} ({len(recs)} of {planned} cells finished; "

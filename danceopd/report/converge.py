@@ -23,7 +23,7 @@ from .plan import (
 )
 from .stats import paired_bootstrap
 
-__all__ = ["convergence_section", "plateau_step"]
+__all__ = ["at_budget", "convergence_section", "plateau_step"]
 
 PAPER_GAIN = {"A": 8.1, "B": 16.1}   # DanceOPD vs the best baseline in the paper, % of overall quality
 SEES = {   # per optimizer step, every main method: both routes, 16 samples each (configs/world/setting_*.yaml)
@@ -102,6 +102,13 @@ def grid_table(recs, setting) -> str | None:
                 vals.append(f"**{v}**" if chosen == (lr, x) else v)
         rows.append(f"| {m} | " + " | ".join(vals) + " |")
     return "\n".join(["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows])
+
+
+def at_budget(recs, setting, method) -> dict[int, dict] | None:
+    """``_main`` at ``setting``'s budget for a main method once its four seed-0 curves have finished, else None
+    (quick runs, unfinished full runs: the report then shows the cells as they are)."""
+    seed0 = _seed0(recs, setting) if method in MAIN_METHODS else None
+    return _main(recs, setting, method, budget(seed0, setting)) if seed0 else None
 
 
 def curves(recs, figdir: Path) -> tuple[str | None, dict]:

@@ -76,7 +76,14 @@ def _shipped_shas(text: str) -> dict[str, str | None]:
     path = ASSET_DIR / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     names = sorted(set(re.findall(r"world:([A-Za-z0-9_]+)", text)))
-    return {n: manifest.get(n, {}).get("sha256") for n in names}
+    out = {n: manifest.get(n, {}).get("sha256") for n in names}
+    students = sorted(set(re.findall(r"shipped:([A-Za-z0-9_]+)", text)))
+    if students:   # shipped converged students (report/ship.py)
+        from .ship import manifest as student_manifest
+
+        sm = student_manifest()
+        out.update({f"shipped:{n}": sm.get(n, {}).get("sha256") for n in students})
+    return out
 
 
 def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,
@@ -97,12 +104,31 @@ def teacher_cells(eval_n=None, names=("t2i", "edit", "local_edit", "global_edit"
                  eval_n=eval_n, tags={"teacher": n}) for n in names]
 
 
-def quick_plan(seed: int = 0) -> list[Cell]:
-    """The comparison table's four rows in setting A, one seed, reduced sample counts."""
-    n, steps = 8, 120
-    cells = teacher_cells(eval_n=n, names=TEACHERS["A"])
-    for m in ("joint_sft", "offpolicy", "danceopd"):
-        cells.append(_distill("A", m, seed, steps=steps, eval_n=n))
+QUICK_N, QUICK_STEPS = 8, 120        # without shipped students: students trained here, scored on 8 per category
+SHIPPED_N, LIVE_STEPS = 16, 60       # with them: the shipped students scored on 16 per category + a live run
+
+
+def quick_plan(seed: int = 0, shipped: dict[str, dict] | None = None) -> list[Cell]:
+    """The main command. With ``shipped`` students (``report.ship.manifest()``): the four teachers and the shipped
+    converged students of both settings evaluated here (SHIPPED_N per category, evaluation seed ``seed``), then a
+    short live DanceOPD distillation (LIVE_STEPS steps, setting A) so the method is seen training. Without: the
+    comparison table's four rows in setting A, students trained here for QUICK_STEPS steps, QUICK_N per
+    category."""
+    if not shipped:
+        cells = teacher_cells(eval_n=QUICK_N, names=TEACHERS["A"])
+        for m in ("joint_sft", "offpolicy", "danceopd"):
+            cells.append(_distill("A", m, seed, steps=QUICK_STEPS, eval_n=QUICK_N))
+        return cells
+    cells = teacher_cells(eval_n=SHIPPED_N)
+    for c in cells:
+        c.seed = seed
+    for name, e in sorted(shipped.items()):
+        s, m = e["setting"], e["method"]
+        cells.append(Cell(f"{s}/{m}/shipped", "teacher", model=f"shipped:{name}", suite="all" if s == "A" else "edit",
+                          eval_n=SHIPPED_N, seed=seed,
+                          tags={"setting": s, "method": m, "seed": e.get("seed", 0), "shipped": e.get("steps")}))
+    cells.append(_distill("A", "danceopd", seed, steps=LIVE_STEPS, eval_n=SHIPPED_N,
+                          tag_extra={"live": LIVE_STEPS}))
     return cells
 
 

@@ -1,6 +1,9 @@
 """The report: comparison table, Table-2 blocks for both settings, ablations, curves, sample grids, provenance,
 and a reading of where the world agrees with the paper. Written as ``report.md`` (figures beside it) and a
-self-contained ``report.html`` (figures embedded)."""
+self-contained ``report.html`` (figures embedded).
+
+Long file: one document's sections, in the order they print; split, one page's layout would be spread over
+several modules."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
-from .converge import convergence_section
+from .converge import at_budget, convergence_section
 from .plan import METHODS_ALL, TEACHERS, overall_quality
 
 GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
@@ -56,14 +59,41 @@ def _table(header, rows) -> str:
 
 
 def _seeds(recs, setting, method, extra=None):
-    """Scores of every seed of (setting, method) main cells (no ablation tag)."""
+    """Every seed of (setting, method) main cells (no ablation, grid or live tag); in the full preset, once its
+    budget is known, the main methods' results at the budget (``converge.at_budget``)."""
+    at = at_budget(recs, setting, method)
+    if at is not None:
+        return list(at.values())
     out = []
     for r in recs.values():
         t = r.get("tags", {})
-        if t.get("setting") == setting and t.get("method") == method and "ablation" not in t and "grid" not in t \
+        if t.get("setting") == setting and t.get("method") == method and not {"ablation", "grid", "live"} & set(t) \
                 and r.get("status") == "done":
             out.append(r)
     return out
+
+
+def shipped_note(recs) -> str | None:
+    """Where the students of a quick run with shipped students come from, and the live run's result."""
+    shipped = [r for r in recs.values() if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"]
+    if not shipped:
+        return None
+    steps = sorted({str(r["tags"]["shipped"]) for r in shipped})
+    n = sorted({str((r.get("scores") or {}).get("n", "?")) for r in shipped})
+    md = [f"Students: the shipped converged students (`danceopd/assets/students`, seed 0 of the full preset trained "
+          f"{'/'.join(steps)} steps; `docs/reproduce.md`), evaluated here with n = {'/'.join(n)} per category, so "
+          "these numbers are noisier than `results/full/report.md`, which has every seed at full n."]
+    for r in recs.values():
+        t = r.get("tags", {})
+        if t.get("live") and r.get("status") == "done":
+            md.append(f"Live run on this machine: DanceOPD, setting {t['setting']}, {r.get('steps')} steps from the "
+                      f"merged teachers ({_fmt([r.get('sec_per_step')])} s / step): overall quality "
+                      f"{_fmt([overall_quality(r['scores'], t['setting'])])} (GEdit O "
+                      f"{_fmt([_get(r['scores'], 'gedit', 'avg', 'o')])}, GenEval "
+                      f"{_fmt([_get(r['scores'], 'geneval', 'overall')])}); the shipped DanceOPD student reached "
+                      f"{_fmt([overall_quality(x['scores'], 'A') for x in shipped if x['tags'].get('method') == 'danceopd' and x['tags'].get('setting') == 'A'])}"
+                      f" after {'/'.join(steps)} steps. Run folder: `{Path(r.get('model') or '.').parent}`.")
+    return "\n\n".join(md)
 
 
 def comparison_table(recs) -> tuple[str, dict]:
@@ -372,6 +402,7 @@ def write_report(recs: dict[str, dict], out: Path, title: str, command: str, pla
     wall = sum(r.get("wall_time_s", 0.0) for r in recs.values()) / 3600
     parts = [f"# {title}", f"Regenerate with: `{command}` (from the repository root).", *status,
              f"Total wall time of the finished cells: {wall:.2f} h.", "## Comparison table", comp_md,
+             *([note] if (note := shipped_note(recs)) else []),
              "## Table 2, setting A: T2I + Edit", a_md]
     if ov_b or any(f"teacher/{t}" in recs for t in TEACHERS["B"]):
         parts += ["## Table 2, setting B: Local + Global Edit", b_md]

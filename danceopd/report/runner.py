@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..train.checkpoint import write_json_atomic
+from . import ship
 from .plan import CONFIG_DIR, Cell
 
 
@@ -79,6 +80,9 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     eval_seed = cell.seed if cell.eval_seed is None else cell.eval_seed
     if cell.kind == "teacher":
         model = teacher_map.get(cell.model, cell.model)
+        if model.startswith(ship.PREFIX):   # a shipped converged student: its training steps come with it
+            rec["steps"] = ship.manifest().get(model[len(ship.PREFIX):], {}).get("steps")
+            model = str(ship.student_path(model))
         rec["model"] = model
         rec["scores"] = evaluate_model(model, cell.suite, cell.eval_n, eval_seed)
     else:

@@ -21,7 +21,7 @@ def quick_out(tmp_path_factory):
     real = plan.quick_plan
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
         mp.setattr(runner, "evaluate_model", fake_scores)
-        mp.setattr(plan, "quick_plan", lambda seed=0: _tiny(real(seed)))
+        mp.setattr(plan, "quick_plan", lambda seed=0, shipped=None: _tiny(real(seed, shipped)))
         assert main(["reproduce", "--preset", "quick", "--out", str(out)]) == 0
     return out, printed.getvalue()
 

@@ -1,0 +1,80 @@
+"""The converged students shipped with the package (``danceopd/assets/students``): seed 0 of every main method in
+both settings, copied in fp16 from the full preset's published curve cells, with a manifest like the teachers'
+(config, overrides, command, sha256, steps, scores). The quick preset evaluates them instead of training
+students from scratch, so the main command shows the comparison at convergence in minutes.
+
+    python scripts/ship_students.py --from results/full      # after the full preset's curves have finished
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from ..train.checkpoint import write_json_atomic
+from .plan import MAIN_METHODS
+
+STUDENT_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
+PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<setting>_<method>
+
+
+def manifest(folder: Path | None = None) -> dict[str, dict]:
+    """{name: entry} of the shipped students ({} when none are shipped)."""
+    p = Path(folder or STUDENT_DIR) / "manifest.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def student_path(spec: str, folder: Path | None = None) -> Path:
+    """The weights file of ``shipped:<name>``; a one-line error naming the shipped ones when it is missing."""
+    name = spec[len(PREFIX):]
+    p = Path(folder or STUDENT_DIR) / f"{name}.safetensors"
+    if not p.is_file():
+        have = ", ".join(sorted(manifest(folder))) or "none"
+        raise UserError(f"{spec}: no such shipped student (shipped: {have})")
+    return p
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
+    """Copy the published seed-0 curve students of every main method in both settings from ``results`` (the
+    full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``) to ``dest`` with a manifest.
+    Every one must be there (one line naming the first missing one otherwise); nothing is written before that is
+    checked. Returns the manifest."""
+    dest = Path(dest or STUDENT_DIR)
+    found: dict[tuple[str, str], tuple[dict, Path]] = {}
+    for f in sorted(Path(results, "cells").glob("*.json")):
+        rec = json.loads(f.read_text(encoding="utf-8"))
+        t = rec.get("tags", {})
+        if rec.get("status") != "done" or not rec.get("curve") or "grid" in t or "ablation" in t:
+            continue
+        w = Path(results, "students", f.with_suffix(".safetensors").name)
+        if t.get("method") in MAIN_METHODS and t.get("seed", 0) == 0 and w.is_file():
+            found[(t["setting"], t["method"])] = (rec, w)
+    for s in ("A", "B"):
+        for m in MAIN_METHODS:
+            if (s, m) not in found:
+                raise UserError(f"{results}: no published seed-0 curve student of {s}/{m} "
+                                "(run `danceopd reproduce --preset full --publish results/full` until the curves "
+                                "have finished)")
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for (s, m), (rec, w) in sorted(found.items()):
+        name = f"{s}_{m}"
+        target = dest / f"{name}.safetensors"
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(w, tmp)
+        tmp.replace(target)
+        out[name] = {"setting": s, "method": m, "seed": 0, "steps": rec.get("steps"), "lr": rec["tags"].get("lr"),
+                     "sample_scale": rec["tags"].get("sample_scale"), "cell": rec["id"], "key": rec["key"],
+                     "command": rec.get("command"), "git_sha": rec.get("git_sha"), "sha256": sha256(target),
+                     "bytes": target.stat().st_size, "dtype": "float16",
+                     "scores": {k: v for k, v in rec["scores"].items() if k != "items"},
+                     "curve": [{"step": p["step"], "scores": p["scores"]} for p in rec["curve"]]}
+    write_json_atomic(dest / "manifest.json", out)
+    return out

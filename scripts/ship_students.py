@@ -1,0 +1,39 @@
+"""Ship the full preset's converged students with the package (maintainers, after the curves have finished).
+
+    python scripts/ship_students.py [--from results/full] [--to danceopd/assets/students]
+
+Copies the published fp16 seed-0 curve student of every main method in both settings and writes
+``manifest.json`` (setting, method, steps, lr, sampling scale, cell key, command, git sha, sha256, scores, curve).
+From then on ``danceopd reproduce --preset quick`` (the README's main command) evaluates these students and the
+teachers and runs a short live distillation instead of training 120-step students. Exit 2 with one line when a
+student is missing (nothing is written then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from danceopd.errors import UserError
+from danceopd.report.ship import STUDENT_DIR, ship_students
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from", dest="src", type=Path, default=Path("results/full"))
+    ap.add_argument("--to", dest="dst", type=Path, default=STUDENT_DIR)
+    a = ap.parse_args()
+    try:
+        man = ship_students(a.src, a.dst)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, e in man.items():
+        print(f"{name}: {e['steps']} steps, lr {e['lr']}, scale {e['sample_scale']}, sha256 {e['sha256'][:12]}")
+    print(f"wrote {a.dst / 'manifest.json'} ({len(man)} students)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
