@@ -71,20 +71,36 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
+def open_sections(cls) -> dict[str, type]:
+    """Extra top-level sections a config class accepts besides its fields: ``cls.open_sections()`` (a registry
+    filled elsewhere, e.g. the training methods' sections) -> {key: dataclass}; parsed into ``obj.sections``."""
+    fn = getattr(cls, "open_sections", None)
+    return dict(fn()) if fn is not None else {}
+
+
 def from_dict(cls, data: Any, where: str = "config"):
-    """Build dataclass ``cls`` from a mapping; every key must be a field. Calls ``validate()`` if defined."""
+    """Build dataclass ``cls`` from a mapping; every key must be a field (or one of its ``open_sections``, every
+    one of which is then present in ``obj.sections``, defaults where not given). Calls ``validate()`` if
+    defined."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
+    extra = open_sections(cls)
+    kwargs, sections = {}, {}
     for key, value in data.items():
+        if key in extra:
+            sections[key] = _coerce(value, extra[key], f"{where}.{key}")
+            continue
         if key not in fields:
-            raise UserError(f"{where}: unknown key {key!r}; expected one of {', '.join(fields)}")
+            raise UserError(f"{where}: unknown key {key!r}; expected one of {', '.join([*fields, *extra])}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     obj = cls(**kwargs)
+    if extra:
+        obj.sections = {k: sections[k] if k in sections else from_dict(tp, {}, f"{where}.{k}")
+                        for k, tp in extra.items()}
     if hasattr(obj, "validate"):
         try:
             obj.validate()
@@ -165,9 +181,14 @@ def _check_override_key(cls, dotted: str, ov: str) -> None:
             tp = (get_args(tp) or (Any,))[0]
         elif dataclasses.is_dataclass(tp):
             fields = [f.name for f in dataclasses.fields(tp) if f.init]
-            if part not in fields:
-                raise UserError(f"--set {ov}: unknown key {part!r} in {section}; expected one of {', '.join(fields)}")
-            tp = typing.get_type_hints(tp)[part]
+            extra = open_sections(tp)
+            if part in extra:
+                tp = extra[part]
+            elif part not in fields:
+                raise UserError(f"--set {ov}: unknown key {part!r} in {section}; expected one of "
+                                f"{', '.join([*fields, *extra])}")
+            else:
+                tp = typing.get_type_hints(tp)[part]
         else:
             return  # a free-form mapping or a scalar: checked when the config is built
         section = part if section == "the config" else f"{section}.{part}"

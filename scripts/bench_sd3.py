@@ -1,4 +1,4 @@
-"""Benchmark a DanceOPD step on a tiny random-weight SD3 pipeline (built offline, danceopd.backends.tiny).
+"""Benchmark a DanceOPD step on a tiny random-weight SD3 pipeline (built offline, danceopd.testing.tiny_pipelines).
 
     python scripts/bench_sd3.py [--size tiny|small] [--resolution 64] [--batch 8] [--rollout-steps 8] [--iters 3]
 
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from danceopd.backends.diffusers_common import DiffusersOptions
+from danceopd.backends.diffusers import DiffusersOptions
 from danceopd.backends.registry import get_family
-from danceopd.backends.tiny import build_sd3
 from danceopd.core import Route, sample_query_indices
 from danceopd.methods import METHODS, MethodConfig, StepContext, TeacherField
-from danceopd.train.common import LoraConfig
+from danceopd.testing.tiny_pipelines import build_sd3
 from danceopd.train.data import WorldData
+from danceopd.util.lora import LoraConfig
 
 TEXT_SCALE = 3.0
 
@@ -48,7 +48,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as d:
         base = build_sd3(Path(d) / "sd3", size=a.size)
-        fam = get_family("sd3").with_options(DiffusersOptions(resolution=a.resolution, max_sequence_length=64))
+        fam = get_family("sd3").configure(DiffusersOptions(resolution=a.resolution, max_sequence_length=64))
         teacher = fam.load_teacher(str(base))
         student = fam.build_student(str(base), [teacher], needs_edit=False, merge=None, freeze_text=True,
                                     lora=LoraConfig(enabled=True, rank=8, alpha=8.0, targets=LoraConfig().targets))

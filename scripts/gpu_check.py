@@ -107,7 +107,7 @@ def build(a, work: Path) -> dict:
     """The pipeline, the edit teacher, and the dataset CSVs at the resolution."""
     from PIL import Image
 
-    from danceopd.backends.tiny import build_sd3, sd3_edit_teacher_run
+    from danceopd.testing.tiny_pipelines import build_sd3, sd3_edit_teacher_run
     from danceopd.world import DEFAULT_WORLD
     from danceopd.world.dataset import export
 
@@ -150,16 +150,16 @@ def distill_config(a, work: Path, built: dict) -> Path:
 
 # ---- throughput ------------------------------------------------------------------------------------------------
 def throughput(a, built: dict, rep: Report):
-    from danceopd.backends.diffusers_common import DiffusersOptions
+    from danceopd.backends.diffusers import DiffusersOptions
     from danceopd.backends.registry import get_family
     from danceopd.core import Route, sample_query_indices
     from danceopd.methods import METHODS, MethodConfig, StepContext, TeacherField
-    from danceopd.train.common import LoraConfig
     from danceopd.train.data import make_data
+    from danceopd.util.lora import LoraConfig
 
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
-    fam = get_family("sd3").with_options(DiffusersOptions(resolution=a.resolution, dtype="bfloat16",
+    fam = get_family("sd3").configure(DiffusersOptions(resolution=a.resolution, dtype="bfloat16",
                                                           max_sequence_length=77))
     base = str(built["base"])
     teacher = fam.load_teacher(f"sd3:{base}", dev)
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     import diffusers
 
-    from danceopd.backends.tiny import SD3_SIZES
+    from danceopd.testing.tiny_pipelines import SD3_SIZES
 
     t_all = time.perf_counter()
     work = a.out.resolve()

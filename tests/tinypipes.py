@@ -12,7 +12,7 @@ RES = 64
 
 def build_all(root: Path) -> dict[str, dict[str, str]]:
     """{family: {"base": dir, "t2i": spec, "edit": spec}} for setting-A style runs."""
-    from danceopd.backends.tiny import build_demo
+    from danceopd.testing.tiny_pipelines import build_demo
 
     return {fam: build_demo(fam, root) for fam in FAMILIES}
 

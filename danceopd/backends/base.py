@@ -1,38 +1,93 @@
-"""The one small protocol every model backend implements (ShapesWorld's WorldUNet and the diffusers adapters).
+"""The two protocols of the model layer, and the classifier-free-guided field every backend builds on.
 
-The training engines (SFT and distillation) and the evaluation harness talk to models only through it:
+``Backend``: one model (a frozen teacher or the trainable student) as the trainers and methods see it; ShapesWorld's
+``WorldBackend`` and every ``DiffusersBackend`` implement it. ``Family``: how the trainers obtain backends of one
+kind (``backend: world | sd3 | zimage | flux_kontext`` in a config); ``WorldFamily`` and every ``DiffusersFamily``
+implement it. Both are structural (``typing.Protocol``): nothing inherits from them, ``tests/backends`` checks the
+implementations against them.
 
-- ``encode(prompts, sources=None, drop_text=None, drop_source=None) -> Cond``: conditions encoded once per step
-  (text states, and the source image for edits); ``drop_*`` ([B] bool) replace a condition by its null value.
-- ``velocity(x_t, t, cond) -> v``: the velocity field at ``x_t`` ``[B, C, H, W]``, ``t`` ``[B]`` in [0, 1].
-- ``timesteps(n_steps) -> Tensor[n_steps + 1]``: the sampling grid (t = 1 noise -> 0 data) with its time shift.
-- ``latent_shape(batch) -> tuple``: the shape of a state x_t; ``to_images``/``from_images``: the codec between
-  states and uint8 images (identity scaling in pixel space, a VAE for diffusers backends).
-- ``trainable_parameters()``, ``save(path)`` and ``load`` through the registry.
+Conventions (``danceopd.core.flow``): states ``x_t = (1 - t) x_0 + t noise`` ``[B, C, H, W]`` (pixels or VAE latents),
+``t`` ``[B]`` in [0, 1] with ``t = 1`` noise, velocity ``v = noise - x_0``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
+
+# ``(x_t [B, ...], t [B], rows: LongTensor[B'] | None = None) -> v [B or B', ...]``
+Field = Callable[..., torch.Tensor]
 
 
 @runtime_checkable
 class Backend(Protocol):
+    """- ``encode(prompts, sources=None, drop_text=None, drop_source=None) -> cond``: conditions encoded once per
+      step (text states, and the source image ``[B, 3, H, W]`` in [-1, 1] for edits); ``drop_*`` ([B] bool)
+      replace a condition by its null value. A cond has ``cat(other)`` and ``select(rows)``.
+    - ``velocity(x_t, t, cond) -> v``; ``guided_field(prompts, sources, text_scale, image_scale) -> Field``.
+    - ``timesteps(n_steps=None, shift=None) -> Tensor[n_steps + 1]``: the sampling grid (t = 1 noise -> 0 data).
+    - ``latent_shape(batch)``; ``encode_images(pixels [B, 3, H, W]) -> states``; ``sample(...) -> uint8 [B, H, W, 3]``.
+    - ``model``: the (possibly Accelerate-wrapped) trainable module; the trainer replaces it by the prepared one.
+    """
+
     name: str
+    model: Any
+    resolution: int
+    sampling: Any                     # backends.world.SamplingConfig: the exported model's sampler
+
+    @property
+    def is_edit(self) -> bool: ...
 
     def encode(self, prompts: list[str], sources: torch.Tensor | None = None, drop_text=None,
                drop_source=None) -> Any: ...
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor: ...
 
-    def timesteps(self, n_steps: int) -> torch.Tensor: ...
+    def guided_field(self, prompts: list[str], sources: torch.Tensor | None = None, text_scale: float | None = None,
+                     image_scale: float | None = None) -> Field: ...
+
+    def timesteps(self, n_steps: int | None = None, shift: float | None = None) -> torch.Tensor: ...
 
     def latent_shape(self, batch: int) -> tuple[int, ...]: ...
 
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, prompts: list[str], sources: np.ndarray | None = None, seed: int = 0, **kw) -> np.ndarray: ...
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+
+
+@runtime_checkable
+class Family(Protocol):
+    """- ``configure(options)``: the family under a config's ``diffusers:`` section (``world`` ignores it).
+    - ``data_resolution``: the fixed image size its data must have (None: ShapesWorld renders at the teachers').
+    - ``check(spec)``: cheap validation of a model spec before anything loads (``UserError`` on a bad one).
+    - ``load_teacher(spec, device)``: a frozen backend.
+    - ``build_student(init, teachers, needs_edit, merge, freeze_text, lora)``: the trainable backend; ``init`` may
+      be ``merged`` (the teachers' weighted sum, ``merge`` coefficients); ``lora`` (or None) adds adapters.
+    - ``export(student, out, sampling, meta, lora)``: write the trained student to the run folder.
+    """
+
+    name: str
+
+    @property
+    def data_resolution(self) -> int | None: ...
+
+    def configure(self, options: Any) -> Family: ...
+
+    def check(self, spec: str) -> Any: ...
+
+    def load_teacher(self, spec: str, device: Any = "cpu") -> Backend: ...
+
+    def build_student(self, init: str, teachers: list, needs_edit: bool, merge: list[float] | None,
+                      freeze_text: bool, lora: Any = None) -> Backend: ...
+
+    def export(self, student: Any, out: Path, sampling: Any, meta: dict, lora: bool) -> Path: ...
 
 
 def guided_field(backend, prompts: list[str], sources, s_txt: float, s_img: float):

@@ -1,44 +1,41 @@
-"""Model names and paths -> backends / generators. ``world:<name>`` = a shipped ShapesWorld model
-(``danceopd/assets/teachers/<name>.safetensors``); otherwise a ``.safetensors`` file or a run folder holding
-``model.safetensors``."""
+"""The family registry: ``backend: <name>`` in a config -> a ``Family`` (``backends.base``). The ``world`` family
+is registered here; every other family registers itself when its module is imported (``get_family`` imports
+``danceopd.backends.<name>`` or ``danceopd.backends.diffusers.families.<name>`` on first use), so adding a family never
+edits this file.
+
+Model names and paths of the world family (``world:<name>``, files, run folders) are ``backends.world_specs``;
+they are re-exported here, where the CLI, the report and the scripts have always looked for them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
+import importlib
 
 from ..errors import UserError
-from .world import WorldBackend, WorldFamily, load_world_model
+from .base import Family
+from .world_family import WorldFamily
+from .world_specs import (  # noqa: F401  (re-exported)
+    ASSET_DIR,
+    WorldGenerator,
+    load_backend,
+    load_generator,
+    resolve_model_path,
+    shipped_models,
+)
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
-
-
-class Family:
-    """How the engines use a family of models (``world``, and the diffusers adapters ``sd3``, ``zimage``,
-    ``flux_kontext``): ``check(spec)`` (cheap, before any load), ``load_teacher(spec)`` (frozen backend),
-    ``build_student(init, teachers, needs_edit, merge, freeze_text)`` (trainable backend; ``init`` may be
-    ``merged``), ``export(student, out, sampling, meta, lora)``. Families register themselves here. Optional:
-    ``with_options(cfg.diffusers)`` returns a configured family (diffusers backends), and ``handles_lora = True``
-    means ``build_student(..., lora=cfg.student.lora)`` adds the student's adapter itself (the engine then does not
-    wrap it again)."""
-
-    name = ""
+FAMILIES: dict[str, Family] = {}
+FAMILY_PACKAGES = ("danceopd.backends", "danceopd.backends.diffusers.families")
 
 
-FAMILIES: dict[str, object] = {}
-
-
-def register_family(family) -> None:
+def register_family(family: Family) -> None:
     FAMILIES[family.name] = family
 
 
-def get_family(name: str):
-    if name not in FAMILIES:
+def get_family(name: str) -> Family:
+    for pkg in FAMILY_PACKAGES:
+        if name in FAMILIES:
+            break
         try:  # optional families register on import
-            import importlib
-
-            importlib.import_module(f"danceopd.backends.{name}")
+            importlib.import_module(f"{pkg}.{name}")
         except ImportError:
             pass
     if name not in FAMILIES:
@@ -47,49 +44,3 @@ def get_family(name: str):
 
 
 register_family(WorldFamily())
-
-
-def shipped_models() -> list[str]:
-    return sorted(f"world:{p.stem}" for p in ASSET_DIR.glob("*.safetensors"))
-
-
-def resolve_model_path(spec: str) -> Path:
-    if spec.startswith("world:"):
-        p = ASSET_DIR / f"{spec.split(':', 1)[1]}.safetensors"
-        if not p.is_file():
-            avail = ", ".join(shipped_models()) or "none shipped"
-            raise UserError(f"unknown model {spec!r}; shipped models: {avail}")
-        return p
-    p = Path(spec)
-    if p.is_dir():
-        if (p / "model.safetensors").is_file():
-            return p / "model.safetensors"
-        raise UserError(f"{p}: no model.safetensors in this folder (is the run finished?)")
-    if p.is_file():
-        return p
-    raise FileNotFoundError(spec)
-
-
-def load_backend(spec: str, resolution: int | None = None, device="cpu") -> WorldBackend:
-    try:
-        path = resolve_model_path(spec)
-    except FileNotFoundError:
-        raise UserError(f"unknown model {spec!r}: not a shipped name (world:<name>), file or run folder") from None
-    net, tok, sampling, meta = load_world_model(path, device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return WorldBackend(net, tok, resolution or int(meta.get("resolution", 32)), sampling)
-
-
-class WorldGenerator:
-    """The evaluation-suite generator interface over a backend: only ``ex.prompt`` and the source are used."""
-
-    def __init__(self, backend: WorldBackend, name: str, **sample_kw):
-        self.backend, self.name, self.sample_kw = backend, name, sample_kw
-
-    def generate(self, examples, sources: np.ndarray | None, seed: int) -> np.ndarray:
-        return self.backend.sample([e.prompt for e in examples], sources, seed=seed, **self.sample_kw)
-
-
-def load_generator(spec: str, resolution: int = 32, device="cpu", **sample_kw) -> WorldGenerator:
-    return WorldGenerator(load_backend(spec, resolution, device), spec, **sample_kw)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..core.flow import timesteps as make_timesteps
 from ..errors import UserError
+from ..util.atomic import save_safetensors_atomic
 from ..world.text import WorldTokenizer
 from .base import guided_field
 from .rowsplit import default_workers, row_parallel
@@ -183,10 +183,7 @@ class WorldBackend:
 def save_world_model(net: WorldUNet, tokenizer: WorldTokenizer, path, sampling: SamplingConfig | None = None,
                      dtype=torch.float32, meta: dict | None = None, state: dict | None = None) -> Path:
     """Write weights + config + tokenizer (+ sampler defaults) to one safetensors file, atomically."""
-    import os
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = state if state is not None else net.state_dict()
     tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in sd.items()}
     header = {
@@ -196,10 +193,7 @@ def save_world_model(net: WorldUNet, tokenizer: WorldTokenizer, path, sampling: 
         "sampling": json.dumps((sampling or SamplingConfig()).__dict__),
         "meta": json.dumps(meta or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors_atomic(tensors, path, metadata=header)
 
 
 def load_world_model(path, device="cpu") -> tuple[WorldUNet, WorldTokenizer, SamplingConfig, dict]:
@@ -223,68 +217,3 @@ def load_world_model(path, device="cpu") -> tuple[WorldUNet, WorldTokenizer, Sam
     net.load_state_dict({k: v.float() for k, v in tensors.items()})
     sampling = SamplingConfig(**json.loads(header.get("sampling", "{}")))
     return net.to(device).eval(), tok, sampling, json.loads(header.get("meta", "{}"))
-
-
-# ---- the family: how the engines load teachers, build students and export them ---------------------------------
-class WorldFamily:
-    """Backend family of ShapesWorld models (see ``danceopd.backends.registry.Family``)."""
-
-    name = "world"
-
-    def check(self, spec: str) -> None:
-        from .registry import resolve_model_path
-
-        try:
-            resolve_model_path(spec)
-        except FileNotFoundError:
-            raise UserError(f"model {spec!r} not found (world:<name>, a .safetensors file or a run folder)") from None
-
-    def load_teacher(self, spec: str, device="cpu") -> WorldBackend:
-        from .registry import load_backend
-
-        be = load_backend(spec, device=device)
-        be.model.eval()
-        return be
-
-    def build_student(self, init: str, teachers: list[WorldBackend], needs_edit: bool,
-                      merge: list[float] | None, freeze_text: bool) -> WorldBackend:
-        """``init``: a model spec, or ``merged`` (weighted sum of the teachers, ``merge`` coefficients).
-        Widened with zero-initialized source channels when a route edits."""
-        from ..methods.weight_merge import merge_state_dicts
-        from .world_model import widen_for_editing
-
-        def widen(n):
-            return widen_for_editing(n) if needs_edit and not n.cfg.edit else n
-
-        if init == "merged":
-            edit = needs_edit or any(t.net.cfg.edit for t in teachers)
-            nets = [widen_for_editing(t.net) if edit and not t.net.cfg.edit else t.net for t in teachers]
-            coeffs = merge or [1.0 / len(nets)] * len(nets)
-            net = WorldUNet(nets[0].cfg)
-            net.load_state_dict(merge_state_dicts([n.state_dict() for n in nets], coeffs))
-            tok, res = teachers[0].tokenizer, teachers[0].resolution
-        else:
-            be = self.load_teacher(init)
-            net, tok, res = widen(be.net), be.tokenizer, be.resolution
-        for p in net.parameters():
-            p.requires_grad_(True)
-        if freeze_text:
-            for p in net.text.parameters():
-                p.requires_grad_(False)
-        return WorldBackend(net, tok, res)
-
-    def export(self, student: WorldBackend, out: Path, sampling: SamplingConfig, meta: dict, lora: bool) -> Path:
-        from ..train.common import lora_state, merged_state_dict
-
-        m = student.model
-        while hasattr(m, "module"):
-            m = m.module
-        base = m
-        while not isinstance(base, WorldUNet):
-            base = getattr(base, "base_model", None) or base.module
-        state = merged_state_dict(m) if lora else m.state_dict()
-        plain = WorldUNet(base.cfg)
-        plain.load_state_dict(state)
-        if lora:
-            save_file({k: v.contiguous() for k, v in lora_state(m).items()}, str(Path(out) / "lora.safetensors"))
-        return save_world_model(plain, student.tokenizer, Path(out) / "model.safetensors", sampling, meta=meta)

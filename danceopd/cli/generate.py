@@ -14,10 +14,9 @@ from . import app
 def _save_png(img: np.ndarray, out: Path):
     from PIL import Image
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    Image.fromarray(img).save(tmp)
-    tmp.replace(out)
+    from ..util.atomic import save_png_atomic
+
+    save_png_atomic(Image.fromarray(img), out)
 
 
 def _contact_sheet(rows: list[tuple[np.ndarray | None, np.ndarray, str]], path: Path, scale: int = 3):
@@ -44,7 +43,7 @@ def _contact_sheet(rows: list[tuple[np.ndarray | None, np.ndarray, str]], path: 
 
 
 def _load(model: str, resolution: int | None, pipeline: str | None = None, lora: str | None = None):
-    from ..backends.diffusers_common import load_for_generation
+    from ..backends.diffusers import load_for_generation
     from ..backends.registry import load_backend
 
     if _is_diffusers(model, pipeline, lora):   # a diffusers model (docs/backends.md)
@@ -55,7 +54,7 @@ def _load(model: str, resolution: int | None, pipeline: str | None = None, lora:
 
 
 def _is_diffusers(model: str, pipeline: str | None, lora: str | None) -> bool:
-    from ..backends.diffusers_common import is_diffusers_run
+    from ..backends.diffusers import is_diffusers_run
 
     return pipeline is not None or lora is not None or is_diffusers_run(model)
 

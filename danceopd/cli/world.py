@@ -29,6 +29,7 @@ def preview(
     resolution: int = typer.Option(32, "--resolution", help="32 or 64."),
 ):
     """Draw examples of every T2I and edit category with their text (source > target for edits)."""
+    from ..util.atomic import save_png_atomic
     from ..world.preview import preview_grid
 
     cfg = world_config(resolution)
@@ -36,9 +37,7 @@ def preview(
         raise UserError(f"--out must end in .png, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     img = preview_grid(cfg, seed=seed, per_category=per_category, scale=96 // resolution)
-    tmp = out.with_name(out.name + ".tmp.png")
-    img.save(tmp)
-    tmp.replace(out)
+    save_png_atomic(img, out)
     typer.echo(f"wrote {out} ({img.width}x{img.height})")
 
 

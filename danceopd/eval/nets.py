@@ -192,19 +192,14 @@ class WorldClip(nn.Module):
 
 def save_net(model: nn.Module, path: Path, meta: dict) -> None:
     """fp16 safetensors (integer buffers kept as they are) with ``meta`` as JSON in the header; atomic."""
-    from safetensors.torch import save_file
+    from ..util.atomic import save_safetensors_atomic
 
     sd = {}
     for k, v in model.state_dict().items():
         if k.endswith("num_batches_tracked"):
             continue
         sd[k] = v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"meta": json.dumps(meta, sort_keys=True)})
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    save_safetensors_atomic(sd, path, metadata={"meta": json.dumps(meta, sort_keys=True)})
 
 
 def read_net_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

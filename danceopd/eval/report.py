@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..util.atomic import save_png_atomic, write_text_atomic
 from ..world.edits import EDIT_CATEGORIES
 from ..world.prompts import T2I_CATEGORIES
 from .imageops import box_upscale
 from .suite import GEDIT_LABELS, GENEVAL_LABELS, Sample
 
 OUTPUT_FILES = ("scores.json", "scores.md", "contact_sheet.png")
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    def w(tmp):
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    _atomic(path, w)
-
-
-def save_png_atomic(img: Image.Image, path: Path) -> None:
-    _atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def _f(x, nd=2) -> str:

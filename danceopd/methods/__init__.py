@@ -1,16 +1,15 @@
-"""Training methods on one engine: DanceOPD and every baseline it is compared against."""
+"""Training methods on one trainer: DanceOPD and every baseline it is compared against.
 
-from .base import Method, MethodConfig, StepContext, TeacherField
-from .danceopd import DanceOPD
-from .diffusionopd import DiffusionOPD
-from .flowopd import FlowOPD
-from .joint_sft import JointSFT
-from .offpolicy import OffPolicy
-from .soft_mix import SoftMix
-from .weight_merge import WeightMerge, merge_state_dicts
+Every module of this package is imported here, and each ``Method`` subclass with a ``name`` registers itself
+(``base.METHODS``, and its config sections in ``base.SECTIONS``): a new method is one new file."""
 
-METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (DanceOPD, JointSFT, OffPolicy, SoftMix, WeightMerge, DiffusionOPD, FlowOPD)
-}
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Method", "MethodConfig", "StepContext", "TeacherField", "merge_state_dicts"]
+from ..util.merge import merge_state_dicts
+from .base import METHODS, SECTIONS, Method, MethodConfig, StepContext, TeacherField
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["METHODS", "SECTIONS", "Method", "MethodConfig", "StepContext", "TeacherField", "merge_state_dicts"]

@@ -3,24 +3,32 @@ dense ODE-KL between student and teacher velocities, every route in every update
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from ..core import dense_ode_kl, full_rollout
-from .base import Method, student_sources
+from .base import Method, RolloutConfig, student_sources
 
 
-class DiffusionOPD(Method):
+@dataclass
+class DenseConfig:
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+class DiffusionOPD(Method[DenseConfig]):
     name = "diffusionopd"
+    Config = DenseConfig
     group_routes = True
 
     def loss(self, ctx, route, batch):
-        cfg, s = ctx.cfg, ctx.student
+        ro, s = ctx.cfg.rollout, ctx.student
         B = len(batch.prompts)
         src = student_sources(ctx, batch)
-        n = cfg.rollout_steps
-        ts = s.timesteps(n, cfg.rollout_shift).to(ctx.device)
+        n = ro.steps
+        ts = s.timesteps(n, ro.shift).to(ctx.device)
         noise = torch.randn(s.latent_shape(B), device=ctx.device)
-        states, _ = full_rollout(s.guided_field(batch.prompts, src, text_scale=cfg.rollout_text_scale), noise, ts)
+        states, _ = full_rollout(s.guided_field(batch.prompts, src, text_scale=ro.text_scale), noise, ts)
         x = states[:n].flatten(0, 1)                      # [n*B, ...] (step-major)
         t = ts[:n].repeat_interleave(B)
         prompts_n = batch.prompts * n

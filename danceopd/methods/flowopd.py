@@ -18,6 +18,8 @@ and in ShapesWorld it made the student worse than its init.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from ..core import (
@@ -28,14 +30,34 @@ from ..core import (
     sde_transition,
     transition_kl,
 )
-from .base import Method, student_sources
+from .base import Method, RolloutConfig, student_sources
 
 
-class FlowOPD(Method):
+@dataclass
+class FlowOPDSection:
+    """``flowopd:``: SDE noise level, rollouts per condition, PPO clip range."""
+
+    eta: float = 0.7
+    group_size: int = 4
+    clip: float = 0.2
+
+
+@dataclass
+class FlowOPDConfig:
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    flowopd: FlowOPDSection = field(default_factory=FlowOPDSection)
+
+
+class FlowOPD(Method[FlowOPDConfig]):
     name = "flowopd"
+    Config = FlowOPDConfig
+
+    def check(self, cfg, batch_size):
+        if batch_size % cfg.flowopd.group_size:
+            raise ValueError("flowopd: train.batch_size must be a multiple of flowopd.group_size")
 
     def loss(self, ctx, route, batch):
-        cfg, s = ctx.cfg, ctx.student
+        ro, cfg, s = ctx.cfg.rollout, ctx.cfg.flowopd, ctx.student
         G = cfg.group_size
         B = len(batch.prompts)
         if B % G:
@@ -45,10 +67,10 @@ class FlowOPD(Method):
         src = student_sources(ctx, batch)
         if src is not None:
             src = src[: B // G].repeat_interleave(G, dim=0)
-        n = cfg.rollout_steps
-        ts = s.timesteps(n, cfg.rollout_shift).to(ctx.device)
+        n = ro.steps
+        ts = s.timesteps(n, ro.shift).to(ctx.device)
         noise = torch.randn(s.latent_shape(B), device=ctx.device)
-        policy = s.guided_field(prompts, src, text_scale=cfg.rollout_text_scale)
+        policy = s.guided_field(prompts, src, text_scale=ro.text_scale)
         states, logp_old, means_old, stds = sde_rollout(policy, noise, ts, cfg.eta)
         x = states[:n].flatten(0, 1)
         t = ts[:n].repeat_interleave(B)

@@ -3,24 +3,18 @@ step (task gradients averaged), from the same initialization. Samples with CFG l
 
 from __future__ import annotations
 
-import torch
-
-from ..core import interpolate, sample_t, velocity_mse, velocity_target
-from .base import Method, student_sources
+from .base import Method, NoConfig, student_sources
+from .sft import sft_squared_error
 
 
-class JointSFT(Method):
+class JointSFT(Method[NoConfig]):
     name = "joint_sft"
     group_routes = True
     uses_data_targets = True
     student_text_scale = 3.0
 
     def loss(self, ctx, route, batch):
-        B = len(batch.prompts)
         x_0 = ctx.student.encode_images(batch.x_0)
-        noise = torch.randn_like(x_0)
-        t = sample_t(B).to(x_0.device)   # drawn on the CPU generator, used where x_0 lives
-        drop = torch.rand(B) < ctx.cfg.text_dropout
-        cond = ctx.student.encode(batch.prompts, student_sources(ctx, batch), drop_text=drop)
-        v = ctx.student.velocity(interpolate(x_0, noise, t), t, cond)
-        return velocity_mse(v.float(), velocity_target(x_0, noise)), {"t_query": t.mean().item()}
+        sq, t = sft_squared_error(ctx.student, x_0, batch.prompts, student_sources(ctx, batch),
+                                  text_dropout=ctx.text_dropout)
+        return sq.mean(), {"t_query": t.mean().item()}

@@ -6,16 +6,17 @@ from __future__ import annotations
 import torch
 
 from ..core import velocity_mse
-from .base import Method
+from .base import Method, OnPolicyConfig
 from .danceopd import on_policy_queries
 
 
-class SoftMix(Method):
+class SoftMix(Method[OnPolicyConfig]):
     name = "soft_mix"
+    Config = OnPolicyConfig
 
     def loss(self, ctx, route, batch):
         x, t, prompts_k, src_k, info = on_policy_queries(ctx, batch)
-        weights = ctx.cfg.soft_weights or {name: 1.0 for name in ctx.teachers}
+        weights = ctx.route_weights or {name: 1.0 for name in ctx.teachers}
         total = sum(weights.values())
         with torch.no_grad():
             v_teacher = sum(w / total * ctx.teachers[n].field(prompts_k, src_k)(x, t).float()

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..util.atomic import write_json_atomic  # noqa: F401  (re-exported: report/runner.py imports it here)
+from .common import kill_point
+
 MANIFEST = "manifest.json"
 MODEL_STATE = "model_state.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -55,16 +58,6 @@ def _fsync_tree(root: Path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -194,8 +187,6 @@ def save_checkpoint(accelerator, run_dir, step: int, state: dict, tensors: dict[
     if accelerator.is_main_process and tensors:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "extra.safetensors"))
     accelerator.wait_for_everyone()
-    from .common import kill_point
-
     kill_point(f"ckpt:{step}")
     if accelerator.is_main_process:
         files = {}

@@ -1,16 +1,17 @@
-"""Pieces shared by every trainer: run-folder safety, EMA, LoRA (PEFT), the NaN/inf guard, metrics log."""
+"""Pieces shared by every trainer: run-folder safety, the Accelerator start, EMA, the NaN/inf guard, the metrics
+log, fault injection for the kill-and-resume tests. (LoRA: ``danceopd.util.lora``.)"""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..util.atomic import write_json_atomic
 
 
 class NonFiniteError(RuntimeError):
@@ -21,8 +22,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, config: dict) -> b
     """Decide what to do with ``out`` before any expensive work. Returns True when resuming.
 
     A run never writes into an existing run folder unless told to resume (same config) or overwrite."""
-    from .checkpoint import write_json_atomic
-
     out = Path(out)
     cfg_file = out / "run_config.json"
     if out.exists() and any(out.iterdir()):
@@ -90,63 +89,6 @@ class EMA:
     def load(self, tensors: dict[str, torch.Tensor]):
         for n in self.shadow:
             self.shadow[n] = tensors[f"ema.{n}"].to(self.shadow[n].device, torch.float32).clone()
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = False
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q", "kv", "proj", "qkv", "film"])
-
-    def validate(self):
-        if self.rank < 1:
-            raise ValueError("lora.rank must be >= 1")
-        if not self.targets:
-            raise ValueError("lora.targets must name at least one layer")
-
-
-def add_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
-    """Inject PEFT LoRA adapters on the model's linear layers named in ``cfg.targets``; freeze everything else."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import inject_adapter_in_model
-
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    missing = [t for t in cfg.targets if t not in names]
-    if missing:
-        raise UserError(f"lora.targets: no linear layers named {missing}; available: {sorted(names)}")
-    pc = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.targets)
-    model = inject_adapter_in_model(pc, model)
-    for n, p in model.named_parameters():
-        p.requires_grad_("lora_" in n)
-    return model
-
-
-def lora_state(model) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(model)
-
-
-@torch.no_grad()
-def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """Plain state dict with LoRA deltas merged into the base weights (no-op for models without LoRA)."""
-    from peft.tuners.lora import LoraLayer
-
-    sd = {}
-    lora_mods = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-    for n, m in lora_mods.items():
-        base = m.get_base_layer()
-        delta = m.get_delta_weight("default")
-        sd[f"{n}.weight"] = base.weight + delta
-        if base.bias is not None:
-            sd[f"{n}.bias"] = base.bias.clone()
-    for k, v in model.state_dict().items():
-        if "lora_" in k or ".base_layer." in k:
-            continue
-        sd[k] = v
-    return sd
 
 
 def check_finite(loss: torch.Tensor, model, step: int, route: str, method: str) -> str | None:
@@ -235,30 +177,9 @@ def start_run(out: Path, resume: bool, overwrite: bool, config: dict, grad_accum
     return accelerator, resuming
 
 
-def handle_nonfinite(bad: str, train_cfg, skipped: int, out: Path, bar, accelerator) -> int:
-    """Apply ``nan_policy`` to a step whose loss or gradients were not finite (message ``bad``): stop with the
-    last good checkpoint named, or count one more skipped step. Returns the new skipped count."""
-    from .checkpoint import latest_good
-
-    if train_cfg.nan_policy == "stop" or skipped >= train_cfg.max_skipped_steps:
-        bar.close()
-        raise NonFiniteError(f"training stopped: {bad}; last good checkpoint: {latest_good(out)}")
-    accelerator.print(f"warning: skipped step: {bad} ({skipped + 1}/{train_cfg.max_skipped_steps})")
-    return skipped + 1
-
-
 def log_step(accelerator, log: MetricsLog, bar, rec: dict, **postfix) -> None:
     """One logged step: progress-bar postfix, metrics.jsonl (main process) and the trackers (numbers only)."""
     bar.set_postfix(**postfix)
     if accelerator.is_main_process:
         log.write(rec)
     accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}, step=rec["step"])
-
-
-def checkpoint(accelerator, out: Path, step: int, state: dict, tensors: dict, limit: int) -> None:
-    """Atomic checkpoint, then pruning down to ``limit`` (never the newest good one)."""
-    from .checkpoint import prune, save_checkpoint
-
-    save_checkpoint(accelerator, out, step, state, tensors)
-    if accelerator.is_main_process:
-        prune(out, limit)

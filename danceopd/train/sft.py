@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,26 +20,16 @@ import torch
 
 from ..backends.world import SamplingConfig, WorldBackend, save_world_model
 from ..backends.world_model import WorldNetConfig, WorldUNet, grow, widen_for_editing
-from ..core.flow import interpolate, sample_t, velocity_target
+from ..backends.world_specs import load_backend, resolve_model_path
 from ..errors import UserError
+from ..methods.sft import sft_squared_error
+from ..util.atomic import save_safetensors_atomic, write_json_atomic
+from ..util.lora import LoraConfig, add_lora, lora_state, merged_state_dict
 from ..world.sampler import BUCKETS, category_probs
 from ..world.text import WorldTokenizer
-from .checkpoint import latest_good, load_checkpoint, write_json_atomic
-from .common import (
-    EMA,
-    LoraConfig,
-    MetricsLog,
-    add_lora,
-    check_finite,
-    checkpoint,
-    handle_nonfinite,
-    kill_point,
-    log_step,
-    merged_state_dict,
-    start_run,
-    t_bins,
-)
+from .common import EMA, start_run, t_bins
 from .data import make_data
+from .loop import LoopSettings, finish, prepare_trainables, run_loop
 
 
 @dataclass
@@ -203,8 +192,6 @@ SAMPLE_PROMPTS = [
 
 def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
     if cfg.init:
-        from ..backends.registry import load_backend
-
         be = load_backend(cfg.init)
         net, tok = be.net, be.tokenizer
         for p in net.parameters():
@@ -230,18 +217,63 @@ def build_model(cfg: SFTConfig) -> tuple[WorldUNet, WorldTokenizer]:
     return WorldUNet(net_cfg), tok
 
 
+class SFTTask:
+    """The SFT side of the loop (``train.loop.Task``): micro-batches from one bucket's stream, the flow-matching
+    loss (``methods.sft``), text / source dropout for CFG."""
+
+    tracker = "sft"
+
+    def __init__(self, cfg: SFTConfig, backend: WorldBackend, data, ema: EMA, named, accelerator):
+        self.cfg, self.backend, self.data, self.ema, self.named = cfg, backend, data, ema, named
+        self.accelerator = accelerator
+        self.name, self.desc = "sft", f"train {cfg.name}"
+        self.per = self.t = None
+
+    def tracker_config(self) -> dict:
+        return {"name": self.cfg.name, "bucket": self.cfg.data.bucket}
+
+    def begin_step(self, step: int) -> None:
+        pass
+
+    def micro_loss(self) -> torch.Tensor:
+        d, dev = self.cfg.data, self.accelerator.device
+        b = self.data.next(self.cfg.train.batch_size)
+        src = b.source.to(dev) if b.source is not None else None
+        sq, self.t = sft_squared_error(
+            self.backend, b.x_0.to(dev), b.prompts, src if net_has_source(self.backend) else None,
+            text_dropout=d.text_dropout, t_dist=self.cfg.train.t_dist, source_dropout=d.source_dropout,
+            source_valid=b.has_source if src is not None else None, autocast=self.accelerator.autocast())
+        self.per = sq.flatten(1).mean(1)
+        return self.per.mean()
+
+    def label(self) -> str:
+        return self.cfg.data.bucket
+
+    def record(self) -> tuple[dict, dict]:
+        return t_bins(self.per.detach(), self.t), {}
+
+    def end_step(self, step: int, loss: torch.Tensor) -> None:
+        pass
+
+    def sample(self, path: Path, step: int) -> None:
+        _sample_grid(self.backend, self.ema, self.named, path, self.accelerator, step)
+
+    def state_dict(self) -> dict:
+        return {"data": self.data.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data.load_state_dict(state["data"])
+
+
 def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
               stop_after: int | None = None) -> Path:
     """Train; returns the run folder. ``stop_after``: leave after that many optimizer steps (tests)."""
     from accelerate.utils import set_seed
-    from tqdm import tqdm
 
     out = Path(out)
     cfg_dict = dataclasses.asdict(cfg)
     # validate everything cheap before touching the output folder or loading models
     if cfg.init:
-        from ..backends.registry import resolve_model_path
-
         try:
             resolve_model_path(cfg.init)
         except FileNotFoundError:
@@ -260,86 +292,21 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
             p.requires_grad_(False)
     if cfg.lora.enabled:
         net = add_lora(net, cfg.lora)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                            weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.optim.lr_factor(s, cfg.train.steps))
-    model, opt, sched = accelerator.prepare(net, opt, sched)
-    named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
-    ema = EMA(named, cfg.train.ema_decay)
+    o = cfg.optim
+    tr = prepare_trainables(accelerator, net, o.lr, lambda s: o.lr_factor(s, cfg.train.steps),
+                            weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), ema_decay=cfg.train.ema_decay)
     data = make_data(cfg.data.bucket, cfg.data.csv, data_seed + accelerator.process_index, cfg.data.resolution,
                      cfg.data.category_weights)
-    backend = WorldBackend(model, tok, cfg.data.resolution, cfg.sampling)
-
-    step, wall = 0, 0.0
-    ckpt = latest_good(out) if resuming else None
-    if ckpt is not None:
-        state, tensors = load_checkpoint(accelerator, ckpt)
-        step, wall = state["step"], state.get("wall_time", 0.0)
-        data.load_state_dict(state["data"])
-        ema.load(tensors)
-    log = MetricsLog(out / "metrics.jsonl", step if ckpt is not None else None)
-    accelerator.init_trackers("sft", config={"name": cfg.name, "bucket": cfg.data.bucket})
+    backend = WorldBackend(tr.model, tok, cfg.data.resolution, cfg.sampling)
     (out / "samples").mkdir(exist_ok=True)
-
-    B = cfg.train.batch_size
-    skipped = 0
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not progress, unit="step")
-    t_start = time.time() - wall
-    done_here = 0
-    while step < cfg.train.steps:
-        model.train()
-        bad = None
-        for _micro in range(cfg.train.grad_accum):
-            with accelerator.accumulate(model):
-                b = data.next(B)
-                x_0 = b.x_0.to(accelerator.device)
-                noise = torch.randn_like(x_0)
-                t = sample_t(B, dist=cfg.train.t_dist).to(x_0.device)  # CPU generator: same t on any device
-                x_t = interpolate(x_0, noise, t)
-                drop_t = torch.rand(B) < cfg.data.text_dropout
-                drop_s = torch.rand(B) < cfg.data.source_dropout
-                src = b.source.to(accelerator.device) if b.source is not None else None
-                if src is not None:
-                    drop_s = drop_s | ~b.has_source
-                cond = backend.encode(b.prompts, src if net_has_source(backend) else None, drop_t, drop_s)
-                with accelerator.autocast():
-                    v = backend.velocity(x_t, t, cond)
-                per = (v.float() - velocity_target(x_0, noise)).pow(2).flatten(1).mean(1)
-                loss = per.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    bad = check_finite(loss, model, step + 1, cfg.data.bucket, "sft")
-                    if bad is None:
-                        accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
-                if bad is not None and cfg.train.nan_policy == "stop":
-                    break
-                if bad is None:
-                    opt.step()
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-        if bad is not None:
-            skipped = handle_nonfinite(bad, cfg.train, skipped, out, bar, accelerator)
-        step += 1
-        done_here += 1
-        ema.update(named, step)
-        kill_point(f"step:{step}")
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], **t_bins(per.detach(), t)}
-            log_step(accelerator, log, bar, rec, loss=f"{rec['loss']:.4f}")
-        if cfg.train.sample_every and step % cfg.train.sample_every == 0 and accelerator.is_main_process:
-            _sample_grid(backend, ema, named, out / "samples" / f"step-{step:08d}.png", accelerator, step)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            st = {"step": step, "data": data.state_dict(), "wall_time": time.time() - t_start}
-            checkpoint(accelerator, out, step, st, ema.tensors(), cfg.train.checkpoints_total_limit)
-        if stop_after is not None and done_here >= stop_after:
-            break
-    bar.close()
-    if step >= cfg.train.steps and accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(model), tok, ema, named, out, cfg, time.time() - t_start)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # last: it tears down the process group
+    t = cfg.train
+    settings = LoopSettings(t.steps, t.grad_accum, o.grad_clip, t.log_every, t.sample_every, t.checkpoint_every,
+                            t.checkpoints_total_limit, t.nan_policy, t.max_skipped_steps)
+    res = run_loop(accelerator, tr, SFTTask(cfg, backend, data, tr.ema, tr.named, accelerator), settings, out,
+                   resuming, progress, stop_after)
+    if res.step >= t.steps and accelerator.is_main_process:
+        export_model(accelerator.unwrap_model(tr.model), tok, tr.ema, tr.named, out, cfg, res.wall())
+    finish(accelerator)
     return out
 
 
@@ -371,11 +338,7 @@ def export_model(net, tok, ema: EMA, named, out: Path, cfg: SFTConfig, wall: flo
     try:
         state = merged_state_dict(net) if cfg.lora.enabled else net.state_dict()
         if cfg.lora.enabled:
-            from safetensors.torch import save_file
-
-            from .common import lora_state
-
-            save_file({k: v.contiguous() for k, v in lora_state(net).items()}, str(out / "lora.safetensors"))
+            save_safetensors_atomic({k: v.contiguous() for k, v in lora_state(net).items()}, out / "lora.safetensors")
         plain = WorldUNet(_net_cfg(net))
         plain.load_state_dict(state)
     finally:

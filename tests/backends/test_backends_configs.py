@@ -38,7 +38,7 @@ def test_1024_preset_fails_cleanly_without_models(tmp_path, capsys):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_smoke_config_runs(tmp_path, monkeypatch, family):
-    from danceopd.backends.tiny import build_demo
+    from danceopd.testing.tiny_pipelines import build_demo
 
     monkeypatch.chdir(tmp_path)
     build_demo(family, "runs/tiny")

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from danceopd.backends.diffusers_common import DiffusersOptions  # noqa: E402
+from danceopd.backends.diffusers import DiffusersOptions  # noqa: E402
 from danceopd.backends.registry import get_family  # noqa: E402
 from danceopd.core.flow import euler_update  # noqa: E402
 
@@ -21,7 +21,7 @@ PROMPTS = ["a red book on a table", "blue sky"]
 
 
 def _backend(family, base):
-    fam = get_family(family).with_options(DiffusersOptions(resolution=RES, max_sequence_length=MSL))
+    fam = get_family(family).configure(DiffusersOptions(resolution=RES, max_sequence_length=MSL))
     return fam, fam.load_teacher(f"{family}:{base}")
 
 
@@ -83,7 +83,7 @@ def _pipeline_latents(family, pipe, noise, steps, scale, image_latents=None):
             return pipe(latents=noise, guidance_scale=scale, **kw).images
         if family == "zimage":   # Z-Image's CFG is pos + g (pos - neg): our text_scale 1 + g
             return pipe(latents=noise, guidance_scale=scale - 1.0, **kw).images
-        from danceopd.backends.flux_kontext import pack, unpack
+        from danceopd.backends.diffusers.families.flux_kontext import pack, unpack
 
         extra = {"negative_prompt": [""] * len(PROMPTS), "true_cfg_scale": scale} if scale != 1.0 else {}
         out = pipe(latents=pack(noise), image=image_latents, guidance_scale=2.5, max_area=RES * RES, **extra,

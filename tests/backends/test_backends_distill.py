@@ -47,10 +47,10 @@ def test_every_method_two_steps(pipes, tmp_path, family, method):
 
 def _fresh_backend(family, base, lora_dir):
     """A fresh pipeline from the base folder, the LoRA loaded by diffusers itself, wrapped as a backend."""
-    from danceopd.backends.diffusers_common import DiffusersOptions
+    from danceopd.backends.diffusers import DiffusersOptions
     from danceopd.backends.registry import get_family
 
-    fam = get_family(family).with_options(DiffusersOptions(resolution=64, max_sequence_length=32))
+    fam = get_family(family).configure(DiffusersOptions(resolution=64, max_sequence_length=32))
     pipe = fam.pipeline_cls.from_pretrained(base)
     if lora_dir is not None:
         pipe.load_lora_weights(str(lora_dir))
@@ -158,12 +158,12 @@ def test_bf16_autocast_bf16_weights(pipes, tmp_path, family):
     ({"student": {"init": "PIPE+lora:/nowhere/lora"}}, "LoRA"),
 ])
 def test_bad_config_exit_2_before_loading(pipes, tmp_path, capsys, monkeypatch, case, message):
-    from danceopd.backends import diffusers_common
+    from danceopd.backends.diffusers import family as diffusers_family
 
     specs = pipes["sd3"]
     case = json.loads(json.dumps(case).replace("PIPE", specs["base"]))
     loaded = []
-    monkeypatch.setattr(diffusers_common.DiffusersFamily, "load_transformer",
+    monkeypatch.setattr(diffusers_family.DiffusersFamily, "load_transformer",
                         lambda *a, **k: loaded.append(1) or (_ for _ in ()).throw(AssertionError("loaded")))
     cfg = distill_yaml(tmp_path / "cfg.yaml", "sd3", specs, "danceopd", **case)
     out = tmp_path / "run"

@@ -38,11 +38,11 @@ def _train(cfg_path, out, **kw):
 def _fresh(family, base, lora_dir, dtype):
     """A fresh pipeline of ``dtype`` from the base folder, the run's LoRA loaded by diffusers' ``load_lora_weights``
     (and an SD3 edit student's widened patch embedding), wrapped as a backend (the ``--pipeline --lora`` path)."""
-    from danceopd.backends.diffusers_common import DTYPES as TORCH_DTYPES
-    from danceopd.backends.diffusers_common import DiffusersOptions
+    from danceopd.backends.diffusers import DTYPES as TORCH_DTYPES
+    from danceopd.backends.diffusers import DiffusersOptions
     from danceopd.backends.registry import get_family
 
-    fam = get_family(family).with_options(DiffusersOptions(resolution=RES, max_sequence_length=32, dtype=dtype))
+    fam = get_family(family).configure(DiffusersOptions(resolution=RES, max_sequence_length=32, dtype=dtype))
     pipe = fam.pipeline_cls.from_pretrained(str(base), dtype=TORCH_DTYPES[dtype])
     if lora_dir is not None:
         info = json.loads((lora_dir / "danceopd_model.json").read_text())
@@ -59,7 +59,7 @@ def _fresh(family, base, lora_dir, dtype):
 def test_16bit_weights_end_to_end(pipes, tmp_path, family, dtype, routes):
     from safetensors.torch import load_file
 
-    from danceopd.backends.diffusers_common import load_for_generation
+    from danceopd.backends.diffusers import load_for_generation
 
     specs = pipes[family]
     edit = routes == "t2i+edit"
@@ -126,7 +126,7 @@ def test_resume_is_exact_bf16_sd3_edit(pipes, tmp_path):
 @pytest.fixture(scope="module")
 def sd3_small(tmp_path_factory):
     """The tiny-builder SD3 'small' pipeline (31M-parameter transformer) and an edit teacher for it."""
-    from danceopd.backends.tiny import build_sd3, sd3_edit_teacher_run
+    from danceopd.testing.tiny_pipelines import build_sd3, sd3_edit_teacher_run
 
     root = tmp_path_factory.mktemp("sd3_small")
     base = build_sd3(root / "sd3", size="small")
@@ -169,9 +169,9 @@ def test_bf16_weights_under_bf16_autocast(pipes, tmp_path, family):
 
 
 def test_fp16_weights_with_bf16_autocast_refused(pipes, tmp_path, capsys, monkeypatch):
-    from danceopd.backends import diffusers_common
+    from danceopd.backends.diffusers import family as diffusers_family
 
-    monkeypatch.setattr(diffusers_common.DiffusersFamily, "load_transformer",
+    monkeypatch.setattr(diffusers_family.DiffusersFamily, "load_transformer",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     cfg = distill_yaml(tmp_path / "cfg.yaml", "sd3", pipes["sd3"], "danceopd",
                        **{"diffusers.dtype": "float16", "train.mixed_precision": "bf16"})
@@ -183,7 +183,7 @@ def test_fp16_weights_with_bf16_autocast_refused(pipes, tmp_path, capsys, monkey
 
 
 def test_bf16_refused_on_a_gpu_without_bf16(monkeypatch):
-    from danceopd.backends.diffusers_common import DiffusersOptions
+    from danceopd.backends.diffusers import DiffusersOptions
     from danceopd.backends.registry import get_family
     from danceopd.errors import UserError
 
@@ -191,5 +191,5 @@ def test_bf16_refused_on_a_gpu_without_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     with pytest.raises(UserError, match="Tesla V100.*no bfloat16 support"):
-        get_family("sd3").with_options(DiffusersOptions(dtype="bfloat16"))
-    get_family("sd3").with_options(DiffusersOptions(dtype="float16"))
+        get_family("sd3").configure(DiffusersOptions(dtype="bfloat16"))
+    get_family("sd3").configure(DiffusersOptions(dtype="float16"))

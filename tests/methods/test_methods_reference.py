@@ -200,10 +200,11 @@ def make_batch(bsz: int, edit: bool, seed: int = 3) -> Batch:
     return Batch(x_0, src, torch.full((bsz,), edit), prompts, ["x"] * bsz)
 
 
-def make_ctx(student, teachers: dict, text_scales=None, **cfg):
+def make_ctx(student, teachers: dict, text_scales=None, text_dropout=0.1, soft_weights=None, **cfg):
     text_scales = text_scales or {}
     fields = {n: TeacherField(t, *text_scales.get(n, (3.0, 1.5))) for n, t in teachers.items()}
-    return StepContext(student, fields, MethodConfig(**cfg))
+    return StepContext(student, fields, MethodConfig(**cfg), text_dropout=text_dropout,
+                       route_weights=soft_weights or {})
 
 
 def two_teachers():

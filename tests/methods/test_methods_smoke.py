@@ -80,12 +80,12 @@ def test_weight_merge_exports_coefficient_weighted_teachers(teachers, tmp_path):
     ("flowopd_group", "multiple of flowopd.group_size"),
 ])
 def test_bad_config_exits_2_with_one_line_before_loading(teachers, tmp_path, capsys, monkeypatch, case, needle):
-    import danceopd.backends.registry as registry
+    import danceopd.backends.world_specs as world_specs
 
     def no_load(*a, **k):
         raise AssertionError("a model was loaded before the config was validated")
 
-    monkeypatch.setattr(registry, "load_world_model", no_load)
+    monkeypatch.setattr(world_specs, "load_world_model", no_load)
     over = {
         "unknown_key": {"train.bogus": 1},
         "unknown_method": {},

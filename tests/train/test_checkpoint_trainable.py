@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from danceopd.train.checkpoint import load_checkpoint, save_checkpoint
-from danceopd.train.common import LoraConfig, add_lora
+from danceopd.util.lora import LoraConfig, add_lora
 
 
 class Net(torch.nn.Module):

@@ -75,7 +75,7 @@ def test_lora_save_load_roundtrip(tiny_runs, tmp_path):
     merged model."""
     from peft import set_peft_model_state_dict
 
-    from danceopd.train.common import LoraConfig, add_lora
+    from danceopd.util.lora import LoraConfig, add_lora
 
     base_path = tiny_runs / "t2i" / "model.safetensors"
     cfg = tiny_sft_yaml(tmp_path / "c.yaml", init=str(base_path),

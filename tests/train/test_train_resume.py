@@ -118,7 +118,7 @@ def test_resume_with_changed_config_refused(reference, tmp_path):
 
 def _poison(monkeypatch, bad_calls):
     """Make the x_t of the given micro-steps (1-based) NaN, as a diverging model would."""
-    import danceopd.train.sft as sft
+    import danceopd.methods.sft as sft  # the SFT objective the SFT trainer calls
 
     real, n = sft.interpolate, {"calls": 0}
 

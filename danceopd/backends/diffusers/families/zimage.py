@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from .diffusers_common import DiffusersBackend, DiffusersFamily, dynamic_kwargs, run_grouped
-from .registry import register_family
+from ...registry import register_family
+from ...world import SamplingConfig
+from ..backend import DiffusersBackend, dynamic_kwargs, run_grouped
+from ..family import DiffusersFamily
 
 
 def omni_segments(prompt: str) -> list[str]:
@@ -94,11 +96,10 @@ class ZImageFamily(DiffusersFamily):
     name = "zimage"
     pipeline_attr = "ZImagePipeline"
     pipeline_classes = ("ZImagePipeline",)
+    transformer_class = "ZImageTransformer2DModel"
+    default_sampling = SamplingConfig(steps=50, text_scale=6.0)   # the pipeline's guidance g is our 1 + g
     backend_cls = ZImageBackend
     default_lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
-
-    def _transformer_class_name(self):
-        return "ZImageTransformer2DModel"
 
 
 register_family(ZImageFamily())

@@ -17,15 +17,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .diffusers_common import (
+from ...registry import register_family
+from ...world import SamplingConfig
+from ..backend import (
     DiffusersBackend,
-    DiffusersFamily,
     dynamic_kwargs,
     run_grouped,
     stack_entries,
-    unwrap,
 )
-from .registry import register_family
+from ..family import DiffusersFamily
+from ..options import unwrap
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
@@ -96,11 +97,10 @@ class FluxKontextFamily(DiffusersFamily):
     name = "flux_kontext"
     pipeline_attr = "FluxKontextPipeline"
     pipeline_classes = ("FluxKontextPipeline", "FluxPipeline")
+    transformer_class = "FluxTransformer2DModel"
+    default_sampling = SamplingConfig(steps=28, text_scale=1.0)
     backend_cls = FluxKontextBackend
     default_lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
-
-    def _transformer_class_name(self):
-        return "FluxTransformer2DModel"
 
 
 register_family(FluxKontextFamily())

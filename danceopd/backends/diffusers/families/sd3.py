@@ -16,8 +16,11 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from .diffusers_common import DiffusersBackend, DiffusersFamily, dynamic_kwargs, stack_entries, unwrap
-from .registry import register_family
+from ...registry import register_family
+from ...world import SamplingConfig
+from ..backend import DiffusersBackend, dynamic_kwargs, stack_entries
+from ..family import DiffusersFamily
+from ..options import unwrap
 
 
 class SD3Backend(DiffusersBackend):
@@ -63,11 +66,10 @@ class SD3Family(DiffusersFamily):
     name = "sd3"
     pipeline_attr = "StableDiffusion3Pipeline"
     pipeline_classes = ("StableDiffusion3Pipeline",)
+    transformer_class = "SD3Transformer2DModel"
+    default_sampling = SamplingConfig(steps=28, text_scale=7.0)
     backend_cls = SD3Backend
     default_lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
-
-    def _transformer_class_name(self):
-        return "SD3Transformer2DModel"
 
     def is_edit_transformer(self, transformer) -> bool:
         tr = unwrap(transformer)

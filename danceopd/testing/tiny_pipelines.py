@@ -4,7 +4,7 @@ They have the real pipeline classes, the real component classes and the real fol
 (``save_pretrained``), only with very small widths, so tests, benchmarks and smoke runs of the ``sd3``,
 ``zimage`` and ``flux_kontext`` backends run in seconds on a CPU:
 
-    python -c "from danceopd.backends.tiny import build; build('sd3', 'runs/tiny_sd3')"
+    python -c "from danceopd.testing.tiny_pipelines import build; build('sd3', 'runs/tiny_sd3')"
 
 Tokenizers are character level (byte-level BPE with no merges, a small T5 unigram vocabulary), built in memory.
 Sizes: ``size="tiny"`` (well under 1M transformer parameters), ``size="small"`` (SD3 only: ~31M, for benchmarks) or
@@ -203,7 +203,7 @@ def random_lora(family: str, base: Path, out: Path, seed: int = 5, rank: int = 4
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from .registry import get_family
+    from ..backends.registry import get_family
 
     fam = get_family(family)
     tr = fam.transformer_cls().from_pretrained(str(Path(base) / "transformer"))
@@ -223,7 +223,7 @@ def build_demo(family: str, root, size: str = "tiny") -> dict[str, str]:
     source channels, then perturbed (``<root>/sd3_edit_transformer``); for Kontext / Z-Image a random LoRA
     (``<root>/<family>_edit_lora``). ``size``: SD3 only (``SD3_SIZES``). Returns the model specs
     {"base", "t2i", "edit"}."""
-    from .registry import get_family
+    from ..backends.registry import get_family
 
     root = Path(root)
     base = build(family, root / family, **({"size": size} if family == "sd3" else {}))
@@ -251,8 +251,8 @@ def sd3_edit_teacher_run(base, out, seed: int = 7, rank: int = 4) -> str:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .diffusers_common import EDIT_WEIGHTS_FILE, FORMAT, MODEL_JSON
-    from .registry import get_family
+    from ..backends.diffusers.options import EDIT_WEIGHTS_FILE, FORMAT, MODEL_JSON
+    from ..backends.registry import get_family
 
     base, out = Path(base).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def sd3_edit_teacher_run(base, out, seed: int = 7, rank: int = 4) -> str:
     return f"sd3:{out}"
 
 
-if __name__ == "__main__":   # python -m danceopd.backends.tiny <sd3|zimage|flux_kontext|all> [root]
+if __name__ == "__main__":   # python -m danceopd.testing.tiny_pipelines <sd3|zimage|flux_kontext|all> [root]
     import sys
 
     fams = list(BUILDERS) if len(sys.argv) < 2 or sys.argv[1] == "all" else [sys.argv[1]]
