@@ -190,6 +190,12 @@ def student_sources(ctx: StepContext, batch) -> torch.Tensor | None:
     return batch.source.to(ctx.device)
 
 
+def rollout_inputs(ctx: StepContext, batch, rollout: RolloutConfig) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    """(batch size B, the batch's sources or None, the rollout's time grid ``[steps + 1]`` on the step's device)."""
+    src = student_sources(ctx, batch)
+    return len(batch.prompts), src, ctx.student.timesteps(rollout.steps, rollout.shift).to(ctx.device)
+
+
 def repeat_k(prompts: list[str], sources: torch.Tensor | None, k: int):
     """Repeat each condition k times (row-major, matching ``x_q.flatten(0, 1)``)."""
     p = [q for q in prompts for _ in range(k)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import dense_ode_kl, full_rollout
-from .base import Method, RolloutConfig, student_sources
+from .base import Method, RolloutConfig, rollout_inputs
 
 
 @dataclass
@@ -23,10 +23,8 @@ class DiffusionOPD(Method[DenseConfig]):
 
     def loss(self, ctx, route, batch):
         ro, s = ctx.cfg.rollout, ctx.student
-        B = len(batch.prompts)
-        src = student_sources(ctx, batch)
+        B, src, ts = rollout_inputs(ctx, batch, ro)
         n = ro.steps
-        ts = s.timesteps(n, ro.shift).to(ctx.device)
         noise = torch.randn(s.latent_shape(B), device=ctx.device)
         states, _ = full_rollout(s.guided_field(batch.prompts, src, text_scale=ro.text_scale), noise, ts)
         x = states[:n].flatten(0, 1)                      # [n*B, ...] (step-major)

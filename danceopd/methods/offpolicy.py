@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import interpolate, rollout_to_queries, sample_query_indices, velocity_mse
-from .base import Method, QueryConfig, RolloutConfig, repeat_k, student_sources
+from .base import Method, QueryConfig, RolloutConfig, repeat_k, rollout_inputs
 
 
 @dataclass
@@ -37,9 +37,7 @@ class OffPolicy(Method[OffPolicyConfig]):
 
     def loss(self, ctx, route, batch):
         ro, qc, s = ctx.cfg.rollout, ctx.cfg.query, ctx.student
-        B = len(batch.prompts)
-        src = student_sources(ctx, batch)
-        ts = s.timesteps(ro.steps, ro.shift).to(ctx.device)
+        B, src, ts = rollout_inputs(ctx, batch, ro)
         q = sample_query_indices(B, ro.steps, k=qc.k, bias=qc.bias)
         prompts_k, src_k = repeat_k(batch.prompts, src, qc.k)
         teacher = ctx.teachers[route.teacher]

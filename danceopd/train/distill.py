@@ -39,7 +39,7 @@ from ..util.lora import LoraConfig
 from ..world.sampler import BUCKETS
 from .common import start_run
 from .data import make_data
-from .loop import LoopSettings, finish, prepare_trainables, run_loop
+from .loop import finish, prepare_trainables, run_loop
 
 
 @dataclass
@@ -276,9 +276,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     ctx = StepContext(student, teachers, method.config_from(cfg.sections), accelerator.device,
                       text_dropout=t.text_dropout, route_weights={r.name: r.weight for r in cfg.routes})
     task = DistillTask(cfg, method, ctx, routes, sampler, data, accelerator, resolution)
-    settings = LoopSettings(t.steps, t.grad_accum, t.grad_clip, t.log_every, t.sample_every, t.checkpoint_every,
-                            t.checkpoints_total_limit, t.nan_policy, t.max_skipped_steps)
-    res = run_loop(accelerator, tr, task, settings, out, resuming, progress, stop_after)
+    res = run_loop(accelerator, tr, task, t, t.grad_clip, out, resuming, progress, stop_after)
     if task.debug:
         _dump_rank_debug(out, accelerator, tr.model, task.trace)
     if res.step >= t.steps and accelerator.is_main_process:

@@ -22,19 +22,17 @@ from .checkpoint import latest_good, load_checkpoint, prune, save_checkpoint
 from .common import EMA, MetricsLog, NonFiniteError, check_finite, kill_point, log_step
 
 
-@dataclass
-class LoopSettings:
-    """The schedule of a run (SFT's ``train:`` + ``optim.grad_clip``; distillation's ``train:``)."""
+class Schedule(Protocol):
+    """What the loop reads of a ``train:`` section (SFT's ``TrainSection``, distillation's ``DistillTrain``)."""
 
     steps: int
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    log_every: int = 10
-    sample_every: int = 0
-    checkpoint_every: int = 50
-    checkpoints_total_limit: int = 2
-    nan_policy: str = "stop"
-    max_skipped_steps: int = 10
+    grad_accum: int
+    log_every: int
+    sample_every: int
+    checkpoint_every: int
+    checkpoints_total_limit: int
+    nan_policy: str              # stop | skip (a step whose loss or gradients are not finite)
+    max_skipped_steps: int
 
 
 class Task(Protocol):
@@ -106,7 +104,7 @@ class LoopResult:
         return time.time() - self.t_start
 
 
-def handle_nonfinite(bad: str, s: LoopSettings, skipped: int, out: Path, bar, accelerator) -> int:
+def handle_nonfinite(bad: str, s: Schedule, skipped: int, out: Path, bar, accelerator) -> int:
     """Apply ``nan_policy`` to a step whose loss or gradients were not finite (message ``bad``): stop with the
     last good checkpoint named, or count one more skipped step. Returns the new skipped count."""
     if s.nan_policy == "stop" or skipped >= s.max_skipped_steps:
@@ -123,9 +121,10 @@ def checkpoint(accelerator, out: Path, step: int, state: dict, tensors: dict, li
         prune(out, limit)
 
 
-def run_loop(accelerator, tr: Trainables, task: Task, s: LoopSettings, out: Path, resuming: bool,
+def run_loop(accelerator, tr: Trainables, task: Task, s: Schedule, grad_clip: float, out: Path, resuming: bool,
              progress: bool = True, stop_after: int | None = None) -> LoopResult:
-    """Train until ``s.steps`` (or ``stop_after`` steps of this call); returns where it stopped."""
+    """Train until ``s.steps`` (or ``stop_after`` steps of this call), gradients clipped to norm ``grad_clip``;
+    returns where it stopped."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -156,7 +155,7 @@ def run_loop(accelerator, tr: Trainables, task: Task, s: LoopSettings, out: Path
                 if accelerator.sync_gradients:
                     bad = check_finite(loss.detach(), model, step + 1, task.label(), task.name)
                     if bad is None:
-                        accelerator.clip_grad_norm_(tr.params, s.grad_clip)
+                        accelerator.clip_grad_norm_(tr.params, grad_clip)
                 if bad is None:
                     opt.step()
                     sched.step()

@@ -29,7 +29,7 @@ from ..world.sampler import BUCKETS, category_probs
 from ..world.text import WorldTokenizer
 from .common import EMA, start_run, t_bins
 from .data import make_data
-from .loop import LoopSettings, finish, prepare_trainables, run_loop
+from .loop import finish, prepare_trainables, run_loop
 
 
 @dataclass
@@ -300,10 +300,8 @@ def train_sft(cfg: SFTConfig, out: Path, resume: bool = False, overwrite: bool =
     backend = WorldBackend(tr.model, tok, cfg.data.resolution, cfg.sampling)
     (out / "samples").mkdir(exist_ok=True)
     t = cfg.train
-    settings = LoopSettings(t.steps, t.grad_accum, o.grad_clip, t.log_every, t.sample_every, t.checkpoint_every,
-                            t.checkpoints_total_limit, t.nan_policy, t.max_skipped_steps)
-    res = run_loop(accelerator, tr, SFTTask(cfg, backend, data, tr.ema, tr.named, accelerator), settings, out,
-                   resuming, progress, stop_after)
+    res = run_loop(accelerator, tr, SFTTask(cfg, backend, data, tr.ema, tr.named, accelerator), t, o.grad_clip,
+                   out, resuming, progress, stop_after)
     if res.step >= t.steps and accelerator.is_main_process:
         export_model(accelerator.unwrap_model(tr.model), tok, tr.ema, tr.named, out, cfg, res.wall())
     finish(accelerator)
