@@ -128,7 +128,6 @@ class Method(Generic[C]):
     group_routes: ClassVar[bool] = False
     trains: ClassVar[bool] = True
     student_init: ClassVar[str | None] = None   # overrides ``student.init`` (weight merging: "merged")
-    uses_data_targets: ClassVar[bool] = False   # reads batch.x_0 (SFT-like / off-policy data states)
     student_text_scale: ClassVar[float] = 1.0   # guidance the trained student samples with (CFG absorbed: 1.0)
 
     def __init_subclass__(cls, **kw):

@@ -10,7 +10,6 @@ from .sft import sft_squared_error
 class JointSFT(Method[NoConfig]):
     name = "joint_sft"
     group_routes = True
-    uses_data_targets = True
     student_text_scale = 3.0
 
     def loss(self, ctx, route, batch):

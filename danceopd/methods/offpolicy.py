@@ -33,7 +33,6 @@ class OffPolicyConfig:
 class OffPolicy(Method[OffPolicyConfig]):
     name = "offpolicy"
     Config = OffPolicyConfig
-    uses_data_targets = True
 
     def loss(self, ctx, route, batch):
         ro, qc, s = ctx.cfg.rollout, ctx.cfg.query, ctx.student

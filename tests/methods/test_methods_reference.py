@@ -613,4 +613,4 @@ def test_method_registry_flags():
     assert WeightMerge.trains is False
     assert JointSFT.group_routes and DiffusionOPD.group_routes
     assert not any(METHODS[m].group_routes for m in ("danceopd", "offpolicy", "soft_mix", "flowopd"))
-    assert JointSFT.uses_data_targets and OffPolicy.uses_data_targets and not DanceOPD.uses_data_targets
+    assert WeightMerge.student_init == "merged" and DanceOPD.student_init is None

@@ -42,7 +42,6 @@ class ToyConfig:
 class Toy(Method[ToyConfig]):
     name = "toy"
     Config = ToyConfig
-    uses_data_targets = True
 
     def loss(self, ctx, route, batch):
         s, cfg = ctx.student, ctx.cfg.toy
