@@ -61,10 +61,10 @@ class Bench:
         self.params = self.student.trainable_parameters()
         self.opt = torch.optim.AdamW(self.params, lr=1e-6)
         group = max(g for g in (4, 3, 2, 1) if a.batch % g == 0)
-        cfg = MethodConfig(rollout_steps=a.rollout_steps, k=a.k, bias=a.bias, group_size=group,
-                           soft_weights={"t2i": 1.0, "edit": 1.0})
+        cfg = MethodConfig(rollout_steps=a.rollout_steps, k=a.k, bias=a.bias, group_size=group)
         fields = {n: TeacherField(be, TEXT_SCALE, 1.0) for n, be in self.teachers.items()}
-        self.ctx = StepContext(self.student, fields, cfg, torch.device("cpu"))
+        self.ctx = StepContext(self.student, fields, cfg, torch.device("cpu"),
+                               route_weights={"t2i": 1.0, "edit": 1.0})
         self.ts = self.student.timesteps(a.rollout_steps, 1.0)
         self.t_roll_whole, self.row_evals = [], []
 
