@@ -129,6 +129,13 @@ class DistillConfig:
 
     open_sections: ClassVar = staticmethod(lambda: SECTIONS)
 
+    def as_dict(self) -> dict:
+        """The config as the YAML lays it out (method sections at the top level): ``run_config.json`` and the
+        exported model's header, so run folders started before the sections moved still resume."""
+        d = dataclasses.asdict(self)
+        d.update(d.pop("sections"))
+        return d
+
     def validate(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -239,7 +246,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     if init != "merged":
         family.check(init)
     _check_data(cfg, family.data_resolution)
-    accelerator, resuming = start_run(out, resume, overwrite, dataclasses.asdict(cfg), cfg.train.grad_accum,
+    accelerator, resuming = start_run(out, resume, overwrite, cfg.as_dict(), cfg.train.grad_accum,
                                       cfg.train.mixed_precision, cfg.train.threads)
     set_seed(cfg.seed, device_specific=True)  # rank r seeds cfg.seed + r: ranks draw different noise / queries
     teacher_be: dict[str, Backend] = {r.name: family.load_teacher(r.teacher, accelerator.device) for r in cfg.routes}
@@ -252,7 +259,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     student.sampling = sampling
     t_start = time.time()
     meta = {"name": cfg.name, "method": cfg.method, "setting": cfg.setting, "resolution": resolution,
-            "config": json.dumps(dataclasses.asdict(cfg))}
+            "config": json.dumps(cfg.as_dict())}
 
     if not method.trains:  # weight merging: export the merged weights, done
         if accelerator.is_main_process:
