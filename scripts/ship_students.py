@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from danceopd.errors import UserError
-from danceopd.report.ship import STUDENT_DIR, ship_students
+from danceopd.report.plan import STUDENT_DIR
+from danceopd.report.ship import ship_students
 
 
 def main() -> int:

@@ -79,11 +79,19 @@ def _shipped_shas(text: str) -> dict[str, str | None]:
     out = {n: manifest.get(n, {}).get("sha256") for n in names}
     students = sorted(set(re.findall(r"shipped:([A-Za-z0-9_]+)", text)))
     if students:   # shipped converged students (report/ship.py)
-        from .ship import manifest as student_manifest
-
         sm = student_manifest()
         out.update({f"shipped:{n}": sm.get(n, {}).get("sha256") for n in students})
     return out
+
+
+# The converged students shipped with the package (written by report/ship.py, read by the quick preset).
+STUDENT_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
+
+
+def student_manifest(folder: Path | None = None) -> dict[str, dict]:
+    """{name: entry} of the shipped students in ``folder`` (default STUDENT_DIR; {} when none are shipped)."""
+    p = Path(folder or STUDENT_DIR) / "manifest.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
 def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,
@@ -109,7 +117,7 @@ SHIPPED_N, LIVE_STEPS = 16, 60       # with them: the shipped students scored on
 
 
 def quick_plan(seed: int = 0, shipped: dict[str, dict] | None = None) -> list[Cell]:
-    """The main command. With ``shipped`` students (``report.ship.manifest()``): the four teachers and the shipped
+    """The main command. With ``shipped`` students (``student_manifest()``): the four teachers and the shipped
     converged students of both settings evaluated here (SHIPPED_N per category, evaluation seed ``seed``), then a
     short live DanceOPD distillation (LIVE_STEPS steps, setting A) so the method is seen training. Without: the
     comparison table's four rows in setting A, students trained here for QUICK_STEPS steps, QUICK_N per

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..train.checkpoint import write_json_atomic
+from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
 from .plan import CONFIG_DIR, Cell
 
@@ -107,9 +107,9 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
                 point = {"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)}
                 if cell.curve_test:     # the test-seed result a run stopped here would report
                     point["test"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
-                    snap = d / "snapshots" / f"step_{s}.safetensors"   # local only; the final one is published
-                    snap.parent.mkdir(exist_ok=True)
-                    shutil.copyfile(run_dir / "model.safetensors", snap)
+                    # the student at this step, kept locally (the final one is published)
+                    with atomic_path(d / "snapshots" / f"step_{s}.safetensors") as tmp:
+                        shutil.copyfile(run_dir / "model.safetensors", tmp)
                 rec["curve"].append(point)
                 rec["wall_time_s"] = wall0 + time.time() - t0
                 write_json_atomic(rec_path, rec)
@@ -178,8 +178,8 @@ def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
         return None
     d = root / "cells" / cell.dirname
     if w_src.is_file():
-        (d / "run").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(w_src, d / "run" / "model.safetensors")
+        with atomic_path(d / "run" / "model.safetensors") as tmp:
+            shutil.copyfile(w_src, tmp)
         rec["model"] = str(d / "run" / "model.safetensors")
     elif cell.kind == "distill":
         rec["model"] = None          # scores only: the student itself was not published
@@ -315,10 +315,8 @@ def publish(root: Path, dest: Path) -> None:
     items += [(f, dest / "figures" / f.name) for f in sorted((root / "figures").glob("*.png"))]
     items += [(f, dest / "cells" / f"{f.parent.name}.json") for f in sorted((root / "cells").glob("*/cell.json"))]
     for src, dst in items:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def train_teachers(root: Path, names=("t2i", "edit", "local_edit", "global_edit")) -> dict[str, str]:

@@ -14,23 +14,22 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from ..train.checkpoint import write_json_atomic
+from ..util.atomic import atomic_path, write_json_atomic
+from . import plan
 from .plan import MAIN_METHODS
 
-STUDENT_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
 PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<setting>_<method>
 
 
 def manifest(folder: Path | None = None) -> dict[str, dict]:
     """{name: entry} of the shipped students ({} when none are shipped)."""
-    p = Path(folder or STUDENT_DIR) / "manifest.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    return plan.student_manifest(folder)
 
 
 def student_path(spec: str, folder: Path | None = None) -> Path:
     """The weights file of ``shipped:<name>``; a one-line error naming the shipped ones when it is missing."""
     name = spec[len(PREFIX):]
-    p = Path(folder or STUDENT_DIR) / f"{name}.safetensors"
+    p = Path(folder or plan.STUDENT_DIR) / f"{name}.safetensors"
     if not p.is_file():
         have = ", ".join(sorted(manifest(folder))) or "none"
         raise UserError(f"{spec}: no such shipped student (shipped: {have})")
@@ -46,7 +45,7 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
     full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``) to ``dest`` with a manifest.
     Every one must be there (one line naming the first missing one otherwise); nothing is written before that is
     checked. Returns the manifest."""
-    dest = Path(dest or STUDENT_DIR)
+    dest = Path(dest or plan.STUDENT_DIR)
     found: dict[tuple[str, str], tuple[dict, Path]] = {}
     for f in sorted(Path(results, "cells").glob("*.json")):
         rec = json.loads(f.read_text(encoding="utf-8"))
@@ -67,9 +66,8 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
     for (s, m), (rec, w) in sorted(found.items()):
         name = f"{s}_{m}"
         target = dest / f"{name}.safetensors"
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(w, tmp)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(w, tmp)
         out[name] = {"setting": s, "method": m, "seed": 0, "steps": rec.get("steps"), "lr": rec["tags"].get("lr"),
                      "sample_scale": rec["tags"].get("sample_scale"), "cell": rec["id"], "key": rec["key"],
                      "command": rec.get("command"), "git_sha": rec.get("git_sha"), "sha256": sha256(target),

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..util.atomic import write_json_atomic  # noqa: F401  (re-exported: report/runner.py imports it here)
 from .common import kill_point
 
 MANIFEST = "manifest.json"
