@@ -25,7 +25,7 @@ GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "backgr
 GENEVAL_SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "color",
                  "position": "position", "color_attr": "color-attr"}
 METHOD_NAMES = {"joint_sft": "Joint SFT (naive student)", "weight_merge": "Weight merge", "offpolicy": "Off-policy",
-                "soft_mix": "Soft mix (no routing)", "diffusionopd": "DiffusionOPD", "flowopd": "Flow-OPD",
+                "soft_mix": "Soft mix (no routing)", "diffusionopd": "DiffusionOPD (DanceOPD's wall time)", "flowopd": "Flow-OPD (DanceOPD's wall time)",
                 "danceopd": "**DanceOPD**"}
 
 
