@@ -152,6 +152,13 @@ class DistillConfig:
             check_precision(self.diffusers.dtype, self.train.mixed_precision)
 
 
+def _previous_sec_per_step(out: Path, steps: int) -> float | None:
+    """A run resumed at its last step times no step: keep the seconds per step its earlier process measured."""
+    p = out / "final.json"
+    old = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    return old.get("sec_per_step") if old.get("steps") == steps else None
+
+
 class DistillTask:
     """The distillation side of the loop (``train.loop.Task``): routes drawn per step and broadcast, each route's
     micro-batch scored by the method, losses weight-averaged over the step's routes."""
@@ -295,7 +302,7 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
         finally:
             if tr.ema is not None:
                 tr.ema.swap(tr.named)
-        sec = float(np.median(res.step_times)) if res.step_times else None
+        sec = float(np.median(res.step_times)) if res.step_times else _previous_sec_per_step(out, t.steps)
         write_json_atomic(out / "final.json", {"steps": t.steps, "sec_per_step": sec,
                                                "wall_time_s": round(res.wall(), 1)})
     finish(accelerator)

@@ -157,9 +157,10 @@ def test_runner_caches_resumes_and_forces(setup):
     rec_j = json.loads((cell_dir / "cell.json").read_text())
     rec_j["status"] = "running"
     (cell_dir / "cell.json").write_text(json.dumps(rec_j))
-    runner.run_plan(cells, root / "r", tmap)
+    again = runner.run_plan(cells, root / "r", tmap)["A/danceopd/s0"]
     after = load_file(str(cell_dir / "run" / "model.safetensors"))
     assert all(after[k].equal(before[k]) for k in before)
+    assert again["sec_per_step"] == rec["sec_per_step"]   # resumed at its last step: the earlier timing is kept
     # --force redoes exactly one cell
     runner.run_plan(cells, root / "r", tmap, force=["A/danceopd/s0"])
     with pytest.raises(UserError, match="no such cell"):
