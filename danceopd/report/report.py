@@ -388,7 +388,9 @@ def provenance(recs) -> str:
     return _table(["cell", "command", "git SHA", "wall min"], rows) + "\n\nMachine(s): " + "; ".join(machines)
 
 
-def write_report(recs: dict[str, dict], out: Path, title: str, command: str, planned: int | None = None) -> Path:
+def write_report(recs: dict[str, dict], out: Path, title: str, command: str, planned: int | None = None,
+                 pending: list[str] = ()) -> Path:
+    """``planned``: cells of the stages planned so far; ``pending``: the later stages, not planned yet."""
     out = Path(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -399,6 +401,9 @@ def write_report(recs: dict[str, dict], out: Path, title: str, command: str, pla
     if planned is not None and len(recs) < planned:
         status = [f"**Partial report: {len(recs)} of {planned} cells finished.** Re-running the command continues "
                   "where it stopped; tables below contain only finished cells."]
+    if pending:
+        status.append("Not planned yet (each stage is planned from the finished results of the one before): "
+                      + "; ".join(pending) + ".")
     wall = sum(r.get("wall_time_s", 0.0) for r in recs.values()) / 3600
     parts = [f"# {title}", f"Regenerate with: `{command}` (from the repository root).", *status,
              f"Total wall time of the finished cells: {wall:.2f} h.", "## Comparison table", comp_md,

@@ -233,6 +233,11 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     assert run_cli(["reproduce", "--report-only", "--out", tmp_path / "o2"]) == 0
     md = (tmp_path / "o2" / "report.md").read_text()
     assert "Partial report: 0 of 5 cells finished" in md and not (tmp_path / "o2" / "cells").exists()
+    # the full preset's partial report names the stages not planned yet
+    assert run_cli(["reproduce", "--preset", "full", "--report-only", "--out", tmp_path / "o5"]) == 0
+    md = (tmp_path / "o5" / "report.md").read_text()
+    assert "of 28 cells finished" in md and "Not planned yet" in md and "the curves (seed 0" in md
+    assert "not planned yet" in capsys.readouterr().out
     for flags, msg in ((["--device", "tpu"], "--device must be cpu or cuda"), (["--jobs", "0"], "--jobs must be >= 1"),
                        (["--commit"], "give --publish DIR too")):
         assert run_cli(["reproduce", *flags, "--out", tmp_path / "o4"]) == 2
