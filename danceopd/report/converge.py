@@ -23,7 +23,7 @@ from .plan import (
 )
 from .stats import paired_bootstrap
 
-__all__ = ["at_budget", "convergence_section", "plateau_step"]
+__all__ = ["at_budget", "convergence_section", "plateau_step", "verdict"]
 
 PAPER_GAIN = {"A": 8.1, "B": 16.1}   # DanceOPD vs the best baseline in the paper, % of overall quality
 SEES = {   # per optimizer step, every main method: both routes, 16 samples each (configs/world/setting_*.yaml)
@@ -188,22 +188,39 @@ def results(recs, setting, b) -> str | None:
         return None
     md = ["| method | seeds | overall ↑ | GEdit O ↑ | GenEval ↑ | preservation local ↑ | preservation global ↑ | "
           "s / step |", "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
-    base = [m for m in means if m != "danceopd"]
-    if "danceopd" in means and base:
-        best = max(base, key=lambda m: means[m])
-        items = {m: {s: r["scores"]["items"] for s, r in _main(recs, setting, m, b).items()
-                     if (r["scores"].get("items") or {}).get("gedit_o")} for m in ("danceopd", best)}
-        bs = paired_bootstrap(items["danceopd"], items[best], setting)
-        gain = (means["danceopd"] - means[best]) / max(abs(means[best]), 1e-9) * 100
-        if bs["diff"] is None:
-            md.append(f"\nDanceOPD − {best}: {means['danceopd'] - means[best]:+.2f} ({gain:+.1f}%; paper "
-                      f"{PAPER_GAIN[setting]:+.1f}%); no interval (no per-item scores on shared seeds).")
-        else:
-            md.append(f"\n**DanceOPD − best baseline ({best}): {bs['diff']:+.2f} overall, 95% CI "
-                      f"[{bs['lo']:+.2f}, {bs['hi']:+.2f}] over seeds {bs['seeds']} and evaluation items → "
-                      f"{bs['verdict'].upper()}** (relative {gain:+.1f}%; the paper reports "
-                      f"{PAPER_GAIN[setting]:+.1f}% in setting {setting}).")
+    v = verdict(recs, setting, b)
+    if v is not None and v["diff"] is None:
+        md.append(f"\nDanceOPD − {v['best']}: {v['mean_diff']:+.2f} ({v['gain']:+.1f}%; paper "
+                  f"{PAPER_GAIN[setting]:+.1f}%); no interval (no per-item scores on shared seeds).")
+    elif v is not None:
+        md.append(f"\n**DanceOPD − best baseline ({v['best']}): {v['diff']:+.2f} overall, 95% CI "
+                  f"[{v['lo']:+.2f}, {v['hi']:+.2f}] over seeds {v['seeds']} and evaluation items → "
+                  f"{v['verdict'].upper()}** (relative {v['gain']:+.1f}%; the paper reports "
+                  f"{PAPER_GAIN[setting]:+.1f}% in setting {setting}).")
     return "\n".join(md)
+
+
+def verdict(recs, setting, b=None) -> dict | None:
+    """DanceOPD against the best baseline (by mean overall quality) at the budget (``b``; default: the setting's
+    budget once its curves are in): ``paired_bootstrap``'s fields plus best, means, mean_diff, gain (%), budget.
+    None before DanceOPD and a baseline have results there."""
+    if b is None:
+        seed0 = _seed0(recs, setting)
+        if not seed0:
+            return None
+        b = budget(seed0, setting)
+    means = {m: float(np.mean([overall_quality(r["scores"], setting) for r in rs.values()]))
+             for m in MAIN_METHODS if (rs := _main(recs, setting, m, b))}
+    base = [m for m in means if m != "danceopd"]
+    if "danceopd" not in means or not base:
+        return None
+    best = max(base, key=lambda m: means[m])
+    items = {m: {s: r["scores"]["items"] for s, r in _main(recs, setting, m, b).items()
+                 if (r["scores"].get("items") or {}).get("gedit_o")} for m in ("danceopd", best)}
+    bs = paired_bootstrap(items["danceopd"], items[best], setting)
+    gain = (means["danceopd"] - means[best]) / max(abs(means[best]), 1e-9) * 100
+    return {**bs, "best": best, "means": means, "mean_diff": means["danceopd"] - means[best], "gain": gain,
+            "budget": b}
 
 
 def convergence_section(recs, figdir: Path) -> str | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
-from .converge import at_budget, convergence_section
+from .converge import PAPER_GAIN, at_budget, convergence_section, verdict
 from .plan import METHODS_ALL, TEACHERS, overall_quality
 
 GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
@@ -312,13 +312,22 @@ def sample_grids(recs, figdir: Path, seed: int = 0, n: int = 6) -> str:
 def reading(recs, overall_a, overall_b, comp_vals) -> str:
     lines = []
     for s, ov in (("A", overall_a), ("B", overall_b)):
+        v = verdict(recs, s)
+        if v is not None and v["diff"] is not None:   # at convergence: the interval decides, not the means
+            said = {"win": "agrees with", "tie": "can neither confirm nor refute",
+                    "loss": "does NOT agree with"}[v["verdict"]]
+            lines.append(f"- Setting {s} at the budget ({v['budget']} steps): DanceOPD − {v['best']} "
+                         f"{v['diff']:+.2f} overall, 95% CI [{v['lo']:+.2f}, {v['hi']:+.2f}] → {v['verdict'].upper()}"
+                         f" ({v['gain']:+.1f}% vs the paper's {PAPER_GAIN[s]:+.1f}%): the world {said} the paper's "
+                         "claim that DanceOPD beats the best baseline.")
+            continue
         if "danceopd" in ov and len(ov) > 1:
             rest = {m: v for m, v in ov.items() if m != "danceopd"}
             best = max(rest, key=rest.get)
-            verdict = "agrees with" if ov["danceopd"] > rest[best] else "does NOT agree with"
+            said = "agrees with" if ov["danceopd"] > rest[best] else "does NOT agree with"
             lines.append(f"- Setting {s}: DanceOPD overall {ov['danceopd']:.2f} vs best baseline {best} "
-                         f"{rest[best]:.2f} — {verdict} the paper's claim that DanceOPD beats every baseline.")
-            worse = [m for m, v in rest.items() if v >= ov["danceopd"]]
+                         f"{rest[best]:.2f} — {said} the paper's claim that DanceOPD beats every baseline.")
+            worse = [m for m, x in rest.items() if x >= ov["danceopd"]]
             if worse:
                 lines.append(f"  Baselines at or above DanceOPD here: {', '.join(worse)}.")
     lines += capability_lines(recs)

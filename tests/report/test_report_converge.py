@@ -56,4 +56,16 @@ def test_section_from_fake_records(tmp_path):
     assert "| danceopd | 5 | 7.99 ± 0.06 |" in md   # B; seed 0 taken from its curve at 1000 (its 3000-step scores are ~0)
     assert "**5.30**" in md   # the chosen grid point: the largest scale at the smallest lr on a tie of lrs
     path = write_report(recs, tmp_path, "t", "cmd")
-    assert "## The comparison at convergence" in path.read_text()
+    text = path.read_text()
+    assert "## The comparison at convergence" in text
+    # the reading goes by the interval at the budget, and the tables by the budget's results
+    assert "- Setting B at the budget (1000 steps): DanceOPD − joint_sft" in text and "agrees with the paper" in text
+    # an interval that straddles 0 is a tie, read as such (soft mix lifted to DanceOPD's level in setting A)
+    for rid, r in recs.items():
+        if rid.startswith("A/soft_mix/") and "grid" not in r["tags"]:
+            src = recs[rid.replace("soft_mix", "danceopd")]
+            r["scores"] = src["scores"]
+            r["curve"] = [{**p, "test": src["curve"][2]["test"]} if p["step"] == 1000 else p
+                          for p in r.get("curve") or []]
+    text = write_report(recs, tmp_path, "t", "cmd").read_text()
+    assert "DanceOPD − soft_mix +0.00" in text and "→ TIE" in text and "can neither confirm nor refute" in text
