@@ -169,7 +169,6 @@ def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]
 def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
     """A published finished record of ``cell`` (same key), copied into ``root`` so the run reuses it; its student
     (when published) becomes the cell's model. None when ``dest`` has no such record."""
-
     rec_src, w_src = published_paths(cell, dest)
     if not rec_src.is_file():
         return None
@@ -309,7 +308,6 @@ def publish(root: Path, dest: Path) -> None:
     """Copy the report (md, html, figures) and every finished cell's record (scores, command, SHA, wall time; no
     weights) from ``root`` to ``dest``; files are replaced one by one atomically, nothing else in ``dest`` is
     touched."""
-
     dest.mkdir(parents=True, exist_ok=True)
     items = [(root / "report.md", dest / "report.md"), (root / "report.html", dest / "report.html")]
     items += [(f, dest / "figures" / f.name) for f in sorted((root / "figures").glob("*.png"))]
