@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from danceopd.errors import UserError
-from danceopd.report.plan import STUDENT_DIR
+from danceopd.report.cell import STUDENT_DIR
 from danceopd.report.ship import ship_students
 
 

@@ -38,7 +38,14 @@ def reproduce_cmd(
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
     from ..report import ship
     from ..report.links import link_runs
-    from ..report.plan import curve_stage, full_plan_stage1, later_stage_ids, quick_plan, seed_stage
+    from ..report.plan import (
+        curve_stage,
+        extend_stage,
+        full_plan_stage1,
+        later_stage_ids,
+        quick_plan,
+        seed_stage,
+    )
     from ..report.report import comparison_table, shipped_note, table2, write_report
     from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
 
@@ -76,6 +83,7 @@ def reproduce_cmd(
     planned, pending = len(cells), []
     if preset == "full":   # later stages are planned from earlier results, once those are complete
         stages = [(curve_stage, "the curves (seed 0 of 4 main methods x 2 settings to 3,000 steps: 8 cells)"),
+                  (extend_stage, "longer curves (to 6,000 steps, in a setting where a curve still rises at 3,000)"),
                   (seed_stage, "the seeds at the budget, weight merging, the dense baselines and the ablations")]
         for i, (stage, _) in enumerate(stages):
             nxt = stage(recs, seed)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .plan import (
     CONVERGE_STEPS,
+    EXTEND_STEPS,
     LR_GRID,
     MAIN_METHODS,
     PLATEAU_TOL,
@@ -18,6 +19,7 @@ from .plan import (
     budget,
     choose_hparams,
     curve_points,
+    longest_curves,
     overall_quality,
     plateau_step,
     strongest_baseline,
@@ -46,8 +48,9 @@ def _is_main(r, setting, method) -> bool:
 
 
 def _curve_rec(recs, setting, method) -> dict | None:
-    """The seed-0 curve cell of (setting, method), if finished."""
-    return next((r for r in recs.values() if _is_main(r, setting, method) and r.get("curve")), None)
+    """The finished seed-0 curve of (setting, method) that reaches furthest (an extension over its curve cell)."""
+    return next((r for r in longest_curves(recs).values()
+                 if r["tags"].get("setting") == setting and r["tags"].get("method") == method), None)
 
 
 def _seed0(recs, setting) -> dict[str, dict] | None:
@@ -64,9 +67,9 @@ def _main(recs, setting, method, b) -> dict[int, dict]:
         if not _is_main(r, setting, method):
             continue
         seed = r["tags"].get("seed", 0)
-        if r.get("curve"):
+        if r.get("curve"):   # a curve cell and its extension share their points up to the cell's end
             pt = next((p for p in r["curve"] if p["step"] == b and "test" in p), None)
-            if pt is not None:
+            if pt is not None and (seed not in out or len(r["curve"]) > len(out[seed]["curve"])):
                 out[seed] = {**r, "scores": pt["test"], "steps": b}
         elif r.get("steps") == b:
             out[seed] = r
@@ -156,7 +159,8 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
         if seed0:
             b = budget(seed0, setting)
             rising = [m for (s, m), p in plateaus.items() if s == setting and p is None]
-            why = (f"still rising at {CONVERGE_STEPS}: {', '.join(rising)} (the budget is the longest curve)"
+            why = (f"still rising at {b}: {', '.join(rising)} (the budget is the last step every curve reached; "
+                   f"curves still rising at {CONVERGE_STEPS} were continued to {EXTEND_STEPS})"
                    if rising else "the first curve point at or after every plateau")
             md.append(f"\nSetting {setting}: budget **{b} steps** ({why}).")
     return "\n".join(md), plateaus

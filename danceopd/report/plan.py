@@ -1,97 +1,13 @@
-"""The cells of a reproduction: teacher evaluations, teacher trainings (optional), distillation runs, ablations.
-
-A cell is identified by a readable ``id`` and keyed by everything that determines its result (config file
-contents after includes and overrides, evaluation settings, seed); a changed config is a new cell, so finished
-results are reused and never overwritten.
+"""The cells of a reproduction (``cell.Cell``): teacher evaluations, teacher trainings (optional), distillation
+runs, ablations; the quick preset; and the full preset's protocol (grid, curves, budget rule, seeds).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from .cell import Cell
 
-from .. import __version__
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "world"
 METHODS_ALL = ("joint_sft", "weight_merge", "offpolicy", "soft_mix", "diffusionopd", "flowopd", "danceopd")
 TEACHERS = {"A": ("t2i", "edit"), "B": ("local_edit", "global_edit")}
-# Bumped whenever code changes what a cell computes (beyond float tolerance) without changing its config, so that
-# no stale result is reused. 2: the preservation score, row-parallel CPU forwards.
-COMPUTE_VERSION = 2
-
-
-@dataclass
-class Cell:
-    id: str
-    kind: str                         # "teacher" (evaluate a model) | "distill" | "sft" (train a teacher)
-    model: str | None = None          # teacher cells: model spec
-    config: str | None = None         # distill / sft cells: config file name under configs/world
-    overrides: list[str] = field(default_factory=list)
-    suite: str = "all"
-    eval_n: int | None = None         # None = the suite's default
-    seed: int = 0
-    curve: list[int] = field(default_factory=list)   # training steps at which to evaluate (curves)
-    curve_n: int | None = None
-    eval_seed: int | None = None      # seed of the final evaluation (None = ``seed``)
-    sample_scales: list[float] = field(default_factory=list)  # grid cells: also evaluate at these sampling scales
-    curve_test: bool = False          # curve cells: also score every curve point on the test seed (the budget's
-                                      # seed-``seed`` result is then read off the curve, see ``budget``)
-    tags: dict = field(default_factory=dict)
-    teacher_runs: dict = field(default_factory=dict)  # --retrain-teachers: {world:<name>: run folder}
-
-    def key(self) -> str:
-        d = dataclasses.asdict(self)
-        d.pop("tags")
-        if not d["teacher_runs"]:  # shipped teachers: identified by their sha256 below
-            d.pop("teacher_runs")
-        if not d["curve_test"]:    # fields added later enter the key only when set (older keys stay valid)
-            d.pop("curve_test")
-        if self.config:
-            import yaml
-
-            from ..config import _resolve_includes  # the config as loaded, includes merged
-
-            path = CONFIG_DIR / self.config
-            d["config_content"] = _resolve_includes(yaml.safe_load(path.read_text(encoding="utf-8")), path, 0)
-        d["version"] = __version__
-        d["compute"] = COMPUTE_VERSION
-        d["teachers"] = _shipped_shas(json.dumps(d, default=str))
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-    @property
-    def dirname(self) -> str:
-        return self.id.replace("/", "__").replace("=", "-") + "--" + self.key()
-
-
-def _shipped_shas(text: str) -> dict[str, str | None]:
-    """sha256 (from the manifest) of every shipped ``world:<name>`` model a cell mentions, so a re-shipped teacher
-    makes every cell that depends on it a new cell."""
-    import re
-
-    from ..backends.registry import ASSET_DIR
-
-    path = ASSET_DIR / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    names = sorted(set(re.findall(r"world:([A-Za-z0-9_]+)", text)))
-    out = {n: manifest.get(n, {}).get("sha256") for n in names}
-    students = sorted(set(re.findall(r"shipped:([A-Za-z0-9_]+)", text)))
-    if students:   # shipped converged students (report/ship.py)
-        sm = student_manifest()
-        out.update({f"shipped:{n}": sm.get(n, {}).get("sha256") for n in students})
-    return out
-
-
-# The converged students shipped with the package (written by report/ship.py, read by the quick preset).
-STUDENT_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
-
-
-def student_manifest(folder: Path | None = None) -> dict[str, dict]:
-    """{name: entry} of the shipped students in ``folder`` (default STUDENT_DIR; {} when none are shipped)."""
-    p = Path(folder or STUDENT_DIR) / "manifest.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
 def _distill(setting, method, seed, steps=None, eval_n=None, curve=(), curve_n=None, extra=(), tag_extra=None,
@@ -206,6 +122,8 @@ def overall_quality(scores: dict, setting: str) -> float:
 #   1. grid:     learning rate x sampling guidance per (setting, method), GRID_STEPS steps, scored on VAL_SEED;
 #   2. curves:   seed 0 of every main method with its chosen settings to CONVERGE_STEPS, scored every few hundred
 #                steps on VAL_SEED (the budget is read off these curves);
+#   2b. longer:  in a setting where a curve is still rising at CONVERGE_STEPS, all four of its curves continue (from
+#                their checkpoints) to EXTEND_STEPS, so every method has a result at any budget up to there;
 #   3. seeds:    DanceOPD and the strongest baseline to 5 seeds, the other main methods to 3, at the budget;
 #   4. the rest: dense on-policy baselines at DanceOPD's wall time, weight merge, ablations (shorter budget).
 # Seeds count from ``base`` (``reproduce --seed``; default 0): grid, curves and ablations use base, the extra seeds
@@ -220,6 +138,8 @@ VAL_SEED = 10_000
 CONVERGE_STEPS = 3000
 CONVERGE_CURVE = (250, 500, 1000, 1500, 2000, 2500, 3000)   # the last point: the budget, on VAL_SEED
 CONVERGE_CURVE_N = 50
+EXTEND_STEPS = 6000                 # curves still rising at CONVERGE_STEPS continue to here ...
+EXTEND_CURVE = (4000, 5000, 6000)   # ... scored at these steps
 SEEDS_BEST, SEEDS_OTHER = 5, 3
 
 
@@ -293,18 +213,38 @@ def curve_points(rec: dict, setting: str, key: str = "scores") -> list[tuple[int
     return sorted((p["step"], overall_quality(p[key], setting)) for p in rec.get("curve") or [] if key in p)
 
 
+def longest_curves(recs: dict[str, dict]) -> dict[str, dict]:
+    """{id: record}: per (setting, main method), the finished seed-0 curve record that reaches furthest (a curve
+    extension over the curve cell it continues)."""
+    best: dict[tuple, dict] = {}
+    for r in recs.values():
+        t = r.get("tags", {})
+        if (r.get("status") != "done" or not r.get("curve") or t.get("method") not in MAIN_METHODS
+                or "grid" in t or "ablation" in t or t.get("seed", 0) != 0):
+            continue
+        k, end = (t.get("setting"), t["method"]), max(p["step"] for p in r["curve"])
+        if k not in best or end > max(p["step"] for p in best[k]["curve"]):
+            best[k] = r
+    return {r["id"]: r for r in best.values()}
+
+
 def plateaus(seed0: dict[str, dict], setting: str) -> dict[str, int | None]:
     """{main method: plateau step of its seed-0 validation curve (None = still rising)} in ``setting``."""
-    return {r["tags"]["method"]: plateau_step(curve_points(r, setting)) for r in seed0.values()
-            if r["tags"].get("setting") == setting and r.get("curve")}
+    return {r["tags"]["method"]: plateau_step(curve_points(r, setting)) for r in longest_curves(seed0).values()
+            if r["tags"].get("setting") == setting}
 
 
 def budget(seed0: dict[str, dict], setting: str) -> int:
-    """The comparison budget of ``setting`` (steps, 32 training samples each) from the seed-0 curves."""
-    ps = plateaus(seed0, setting)
-    if not ps or any(p is None for p in ps.values()):
+    """The comparison budget of ``setting`` (steps, 32 training samples each) from the seed-0 curves: the first
+    step all four curves measured at or after the latest plateau; their last shared step when one still rises."""
+    curves = [r for r in longest_curves(seed0).values() if r["tags"].get("setting") == setting]
+    if not curves:
         return CONVERGE_STEPS
-    return min(s for s in CONVERGE_CURVE if s >= max(ps.values()))
+    shared = sorted(set.intersection(*({s for s, _ in curve_points(r, setting)} for r in curves)))
+    ps = [plateau_step(curve_points(r, setting)) for r in curves]
+    if any(p is None for p in ps):
+        return shared[-1]
+    return min((s for s in shared if s >= max(ps)), default=shared[-1])
 
 
 def val_at(rec: dict, setting: str, step: int) -> float:
@@ -316,7 +256,7 @@ def strongest_baseline(seed0: dict[str, dict], setting: str, b: int) -> str | No
     """The strongest baseline of ``setting``: the main method other than DanceOPD with the best seed-0 VALIDATION
     quality at the budget ``b`` (a tie goes to the later name). Chosen before any test result is seen; it gets
     SEEDS_BEST seeds and is the baseline of the report's headline difference."""
-    ranked = sorted(((val_at(r, setting, b), r["tags"]["method"]) for r in seed0.values()
+    ranked = sorted(((val_at(r, setting, b), r["tags"]["method"]) for r in longest_curves(seed0).values()
                      if r["tags"].get("setting") == setting and r["tags"].get("method") != "danceopd"), reverse=True)
     return ranked[0][1] if ranked else None
 
@@ -335,6 +275,25 @@ def seed_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -> 
     return cells
 
 
+def extend_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -> list[Cell]:
+    """Stage 2b: in each setting where a seed-0 curve still rises at its end, all four main curves continue to
+    EXTEND_STEPS, each from the finished run of its curve cell (exact resume: the same student a run of that
+    length trains), scored at EXTEND_CURVE; the points up to CONVERGE_STEPS are taken over from the curve cell."""
+    cells = []
+    for s in ("A", "B"):
+        if all(p is not None for p in plateaus(seed0, s).values()):
+            continue
+        for m in MAIN_METHODS:
+            hp = choose_hparams(grid, s, m)
+            c = _converged(s, m, base, hp, curve=True, steps=EXTEND_STEPS)
+            c.id += f"/extend={EXTEND_STEPS}"
+            c.curve = list(EXTEND_CURVE)
+            c.resume_from = _converged(s, m, base, hp, curve=True).dirname
+            c.tags["extend"] = EXTEND_STEPS
+            cells.append(c)
+    return cells
+
+
 def _done(recs: dict[str, dict], cells: list[Cell]) -> dict[str, dict] | None:
     """The records of ``cells`` if every one has finished, else None."""
     got = {c.id: recs[c.id] for c in cells if recs.get(c.id, {}).get("status") == "done"}
@@ -347,13 +306,24 @@ def curve_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     return None if grid is None else curve_cells(grid, base)
 
 
+def extend_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
+    """Stage 2b once the curve cells are complete (None before; [] when every curve flattened in time)."""
+    grid = _done(recs, grid_cells(base))
+    seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
+    return None if seed0 is None else extend_cells(grid, seed0, base)
+
+
 def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
-    """Stage 3 once the seed-0 curve cells are complete, then stage 4 (weight merge, the dense baselines at
-    DanceOPD's wall time, ablations) in the same list (None before)."""
+    """Stage 3 once the seed-0 curves are complete (extensions included), then stage 4 (weight merge, the dense
+    baselines at DanceOPD's wall time, ablations) in the same list (None before)."""
     grid = _done(recs, grid_cells(base))
     seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
     if seed0 is None:
         return None
+    extended = _done(recs, extend_cells(grid, seed0, base))
+    if extended is None:
+        return None
+    seed0 = longest_curves({**seed0, **extended})
     rest = [_distill(s, "weight_merge", base) for s in ("A", "B")]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in ("A", "B") for m in DENSE_COST]
     return seed_cells(grid, seed0, base) + rest + ablation_cells(base)
@@ -362,4 +332,5 @@ def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
 def later_stage_ids(base: int = 0) -> set[str]:
     """Ids of every cell a later stage could plan (for checking ``--force`` ids before any work)."""
     ids = {_distill(s, m, base + i).id for s in ("A", "B") for m in METHODS_ALL for i in range(SEEDS_BEST)}
+    ids |= {f"{s}/{m}/s{base}/extend={EXTEND_STEPS}" for s in ("A", "B") for m in MAIN_METHODS}
     return ids | {c.id for c in ablation_cells(base)}

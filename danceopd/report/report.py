@@ -67,7 +67,7 @@ def _seeds(recs, setting, method, extra=None):
     out = []
     for r in recs.values():
         t = r.get("tags", {})
-        if t.get("setting") == setting and t.get("method") == method and not {"ablation", "grid", "live"} & set(t) \
+        if t.get("setting") == setting and t.get("method") == method and not {"ablation", "grid", "live", "extend"} & set(t) \
                 and r.get("status") == "done":
             out.append(r)
     return out

@@ -4,6 +4,7 @@ continued (distillation resumes from its latest good checkpoint, curve points al
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
-from .plan import CONFIG_DIR, Cell
+from .cell import CONFIG_DIR, Cell
 
 
 def git_sha() -> str:
@@ -26,8 +27,6 @@ def git_sha() -> str:
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}".strip()
 
 
@@ -97,6 +96,9 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         if cfg.student.init in teacher_map:
             cfg.student.init = teacher_map[cfg.student.init]
         final_steps = cfg.train.steps
+        if cell.resume_from and not rec["curve"]:
+            _continue_from(root / "cells" / cell.resume_from, run_dir, rec, log)
+            write_json_atomic(rec_path, rec)
         done_points = {p["step"] for p in rec["curve"]}
         for s in [*(c for c in cell.curve if c < final_steps), final_steps]:
             cfg.train.steps = s
@@ -131,6 +133,26 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     rec["wall_time_s"] = wall0 + time.time() - t0
     write_json_atomic(rec_path, rec)
     return rec
+
+
+def _continue_from(base: Path, run_dir: Path, rec: dict, log) -> None:
+    """A curve extension starts from the finished cell it continues (``Cell.resume_from``): that cell's curve
+    points are taken over, and its checkpoints, when this machine has them, are copied so training resumes at its
+    last step. Without them (a cell adopted from a publish folder: fp16 student only) the run trains from step 0:
+    resume is exact, so it reaches the same student, only later."""
+    base_rec = json.loads((base / "cell.json").read_text()) if (base / "cell.json").is_file() else {}
+    if base_rec.get("status") != "done":
+        raise RuntimeError(f"{base}: the cell this curve extension continues has not finished")
+    rec["curve"] = [dict(p) for p in base_rec.get("curve") or []]
+    rec["continues"] = base_rec["id"]
+    if (base / "run" / "checkpoints").is_dir() and not run_dir.exists():
+        tmp = run_dir.with_name(run_dir.name + ".partial")   # copied whole, then renamed: never half a run
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base / "run", tmp)
+        os.replace(tmp, run_dir)
+        log(f"{rec['id']}: continuing the run of {base_rec['id']} from its last checkpoint")
+    else:
+        log(f"{rec['id']}: no checkpoints of {base_rec['id']} on this machine: training from step 0")
 
 
 def _train_wall(run_dir: Path) -> float | None:
@@ -245,7 +267,6 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
     caller checked the ids against all stages; a stage redoes only its own forced cells). ``publisher``: called
     with each newly finished cell (published cells under its folder are reused). ``jobs > 1``: that many cells at
     once in worker processes (each with cores / jobs torch threads; on a GPU all share it)."""
-    import os
 
     from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
-from . import plan
+from . import cell
 from .plan import MAIN_METHODS
 
 PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<setting>_<method>
@@ -23,13 +23,13 @@ PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<sett
 
 def manifest(folder: Path | None = None) -> dict[str, dict]:
     """{name: entry} of the shipped students ({} when none are shipped)."""
-    return plan.student_manifest(folder)
+    return cell.student_manifest(folder)
 
 
 def student_path(spec: str, folder: Path | None = None) -> Path:
     """The weights file of ``shipped:<name>``; a one-line error naming the shipped ones when it is missing."""
     name = spec[len(PREFIX):]
-    p = Path(folder or plan.STUDENT_DIR) / f"{name}.safetensors"
+    p = Path(folder or cell.STUDENT_DIR) / f"{name}.safetensors"
     if not p.is_file():
         have = ", ".join(sorted(manifest(folder))) or "none"
         raise UserError(f"{spec}: no such shipped student (shipped: {have})")
@@ -45,7 +45,7 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
     full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``) to ``dest`` with a manifest.
     Every one must be there (one line naming the first missing one otherwise); nothing is written before that is
     checked. Returns the manifest."""
-    dest = Path(dest or plan.STUDENT_DIR)
+    dest = Path(dest or cell.STUDENT_DIR)
     found: dict[tuple[str, str], tuple[dict, Path]] = {}
     for f in sorted(Path(results, "cells").glob("*.json")):
         rec = json.loads(f.read_text(encoding="utf-8"))
@@ -53,8 +53,10 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
         if rec.get("status") != "done" or not rec.get("curve") or "grid" in t or "ablation" in t:
             continue
         w = Path(results, "students", f.with_suffix(".safetensors").name)
-        if t.get("method") in MAIN_METHODS and t.get("seed", 0) == 0 and w.is_file():
-            found[(t["setting"], t["method"])] = (rec, w)
+        k = (t.get("setting"), t.get("method"))
+        if t.get("method") in MAIN_METHODS and t.get("seed", 0) == 0 and w.is_file() and (
+                k not in found or len(rec["curve"]) > len(found[k][0]["curve"])):   # an extension: the longer run
+            found[k] = (rec, w)
     for s in ("A", "B"):
         for m in MAIN_METHODS:
             if (s, m) not in found:

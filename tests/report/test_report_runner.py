@@ -10,11 +10,13 @@ from danceopd.errors import UserError
 from danceopd.report import runner
 from danceopd.report.plan import (
     DENSE_COST,
+    EXTEND_CURVE,
     Cell,
     ablation_cells,
     budget,
     choose_hparams,
     curve_stage,
+    extend_stage,
     full_plan_stage1,
     grid_cells,
     later_stage_ids,
@@ -127,13 +129,32 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert all("train.steps=1000" in c.overrides for c in seeds)
     dense = {c.tags["method"]: c for c in later if c.tags["method"] in DENSE_COST and c.tags["setting"] == "A"}
     assert "train.steps=57" in dense["diffusionopd"].overrides and "train.steps=213" in dense["flowopd"].overrides
-    # one curve still rising at its end: that setting's budget is the whole curve
+    assert extend_stage(recs) == []   # every curve flattened by 3000: no longer curves
+    # one curve still rising at its end: all four curves of that setting continue, from their cells' runs
     rising = next(c for c in curves if c.id == "B/offpolicy/s0")
     recs[rising.id]["curve"][-1]["scores"]["gedit"]["avg"]["o"] = 9.9
     assert budget({c.id: recs[c.id] for c in curves}, "B") == 3000
     assert budget({c.id: recs[c.id] for c in curves}, "A") == 1000
-    assert all("train.steps=3000" in c.overrides for c in seed_stage(recs) if c.tags["setting"] == "B"
-               and c.tags["method"] in ("danceopd", "joint_sft", "offpolicy", "soft_mix") and "ablation" not in c.tags)
+    ext = extend_stage(recs)
+    assert [c.id for c in ext] == [f"B/{m}/s0/extend=6000" for m in ("danceopd", "joint_sft", "offpolicy",
+                                                                    "soft_mix")]
+    base = {c.tags["method"]: c for c in curves if c.tags["setting"] == "B"}
+    assert all(c.resume_from == base[c.tags["method"]].dirname and c.curve == list(EXTEND_CURVE)
+               and "train.steps=6000" in c.overrides and c.curve_test for c in ext)
+    assert {c.id for c in ext} <= later_stage_ids()
+    assert seed_stage(recs) is None    # the seeds wait for the longer curves
+    for c in ext:   # off-policy flattens at 4000 (the others were flat already): B's budget is 4000
+        late = 10.5 if c.tags["method"] == "offpolicy" else None
+        pts = [*recs[base[c.tags["method"]].id]["curve"],
+               *({"step": s, "scores": ({"gedit": {"avg": {"o": late}}, "geneval": {"overall": 0.9}} if late else
+                                        recs[base[c.tags["method"]].id]["curve"][-2]["scores"]), "test": {}}
+                 for s in c.curve)]
+        recs[c.id] = {"id": c.id, "status": "done", "tags": c.tags, "scores": {}, "curve": pts}
+    later = seed_stage(recs)
+    b_seeds = [c for c in later if c.tags["setting"] == "B" and "ablation" not in c.tags
+               and c.tags["method"] in ("danceopd", "joint_sft", "offpolicy", "soft_mix")]
+    assert b_seeds and all("train.steps=4000" in c.overrides for c in b_seeds)
+    assert sum(c.tags["method"] == "offpolicy" for c in b_seeds) == 4   # now the strongest on validation
     assert {c.id for c in later} <= later_stage_ids() | {c.id for c in later if "ablation" in c.tags}
     assert {c.tags.get("ablation") for c in later} >= {"k", "cfg"}
 
@@ -363,3 +384,38 @@ def test_jobs_run_cells_in_worker_processes_with_the_same_results(tmp_path):
     for cid in par:
         a, b = par[cid]["scores"], ser[cid]["scores"]
         assert a["gedit"] == b["gedit"] and a["geneval"] == b["geneval"], cid
+
+
+def test_a_curve_extension_continues_its_cells_run(tmp_path):
+    """A longer curve continues the finished curve cell: its points are taken over, training resumes from the
+    cell's last checkpoint, and the student it reaches is the one a run of that length trains (real evaluation,
+    tiny models). On a machine without the cell's checkpoints it trains from step 0 to the same student."""
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+
+    def cell(steps, curve):
+        c = _tiny(quick_plan())[-1]                # A/danceopd/s0
+        c.overrides.append(f"train.steps={steps}")
+        c.curve, c.curve_test, c.eval_n, c.curve_n = curve, True, 1, 1
+        return c
+
+    base = cell(2, [1, 2])
+    runner.run_plan([base], tmp_path / "r", tmap)
+    ext = cell(3, [3])
+    ext.id, ext.resume_from, ext.tags = ext.id + "/extend=3", base.dirname, {**ext.tags, "extend": 3}
+    logs = []
+    rec = runner.run_plan([ext], tmp_path / "r", tmap, log=logs.append)[ext.id]
+    assert [p["step"] for p in rec["curve"]] == [1, 2, 3] and rec["continues"] == base.id
+    assert any("from its last checkpoint" in m for m in logs)
+    straight = cell(3, [])
+    straight.id = "straight"
+    one = runner.run_plan([straight], tmp_path / "s", tmap)["straight"]
+    assert one["scores"]["items"] == rec["curve"][-1]["test"]["items"] == rec["scores"]["items"]
+    # a fresh machine: the base cell's record without its run -> trains from step 0, same student
+    fresh = tmp_path / "fresh" / "cells" / base.dirname
+    fresh.mkdir(parents=True)
+    (fresh / "cell.json").write_text((tmp_path / "r" / "cells" / base.dirname / "cell.json").read_text())
+    logs.clear()
+    again = runner.run_plan([ext], tmp_path / "fresh", tmap, log=logs.append)[ext.id]
+    assert any("training from step 0" in m for m in logs)
+    assert again["scores"]["items"] == rec["scores"]["items"]

@@ -13,7 +13,7 @@ from tinycfg import make_tiny_teachers
 
 from danceopd.cli import main
 from danceopd.errors import UserError
-from danceopd.report import plan, runner, ship
+from danceopd.report import cell, plan, runner, ship
 from danceopd.report.plan import MAIN_METHODS
 
 
@@ -63,7 +63,7 @@ def test_ship_students_refuses_an_incomplete_set_before_writing(tmp_path):
 
 def test_main_command_evaluates_shipped_students_then_trains_live(tmp_path, monkeypatch):
     ship.ship_students(_published(tmp_path), tmp_path / "students")
-    monkeypatch.setattr(plan, "STUDENT_DIR", tmp_path / "students")
+    monkeypatch.setattr(cell, "STUDENT_DIR", tmp_path / "students")
     monkeypatch.setattr(runner, "evaluate_model", fake_scores)
     real = plan.quick_plan
     monkeypatch.setattr(plan, "quick_plan", lambda seed=0, shipped=None: _tiny(real(seed, shipped)))
