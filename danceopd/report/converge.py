@@ -90,7 +90,7 @@ def grid_table(recs, setting) -> str | None:
     if not cells:
         return None
     head = [f"lr {lr:g}, scale {x:g}" for lr in LR_GRID for x in SCALE_GRID]
-    rows = []
+    rows, edge = [], []
     for m in MAIN_METHODS:
         try:
             chosen = choose_hparams({str(i): {"tags": {"grid": "lr", "setting": setting, "method": m,
@@ -105,7 +105,15 @@ def grid_table(recs, setting) -> str | None:
                 v = "—" if sc is None else f"{overall_quality(sc, setting):.2f}"
                 vals.append(f"**{v}**" if chosen == (lr, x) else v)
         rows.append(f"| {m} | " + " | ".join(vals) + " |")
-    return "\n".join(["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows])
+        done = {lr for (mm, lr) in cells if mm == m}
+        if chosen and done == set(LR_GRID) and chosen[0] in (LR_GRID[0], LR_GRID[-1]):
+            edge.append(f"{m} (lr {chosen[0]:g})")
+    md = "\n".join(["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows])
+    if edge:   # said, not hidden: the grid is small and fixed in advance for every method alike
+        md += (f"\n\nChosen at the edge of the learning-rate grid: {', '.join(edge)}. The grid ({', '.join(f'{x:g}' for x in LR_GRID)}) "
+               "is the same for every method and was fixed before any run; a learning rate beyond its edge was not "
+               "tried, so these methods may be under-tuned.")
+    return md
 
 
 def at_budget(recs, setting, method) -> dict[int, dict] | None:
