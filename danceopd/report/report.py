@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.metrics import PRESERVE_TOL
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
 from .converge import PAPER_GAIN, at_budget, convergence_section, verdict
@@ -164,6 +165,26 @@ def table2(recs, setting) -> tuple[str, dict]:
                f"DanceOPD {overall['danceopd']:.2f} vs best baseline of this table {best_m} {overall[best_m]:.2f} "
                f"({n} seed{'s' if n > 1 else ''}) → relative gain {gain:+.1f}%.")
     return md, overall
+
+
+def preservation_table(recs, setting) -> str | None:
+    """Per edit category, next to Table 2's GEdit O: the share of the pixels the exact target leaves unchanged
+    that the output leaves unchanged too (``eval/metrics.py``), for the edit teachers and every method."""
+    rows = []
+    models = [(f"source: {t}", [recs[f"teacher/{t}"]]) for t in TEACHERS[setting] if f"teacher/{t}" in recs]
+    models += [(METHOD_NAMES[m], _seeds(recs, setting, m)) for m in METHODS_ALL]
+    for label, rs in models:
+        scs = [r["scores"].get("preservation") for r in rs if (r.get("scores") or {}).get("preservation")]
+        if scs:
+            rows.append([label + (f" (n={len(scs)} seeds)" if len(scs) > 1 else ""),
+                         *(_fmt([sc.get(c) for sc in scs]) for c in EDIT_CATEGORIES),
+                         _fmt([sc.get("local_edit") for sc in scs]), _fmt([sc.get("global_edit") for sc in scs])])
+    if not rows:
+        return None
+    return ("Preservation per edit category (share of the pixels the exact target leaves unchanged that the output "
+            f"leaves unchanged too, every channel within {PRESERVE_TOL} of 255 levels; 1 = nothing outside the edit "
+            "touched):\n\n"
+            + _table(["Model", *(GEDIT_SHORT[c] for c in EDIT_CATEGORIES), "local avg", "global avg"], rows))
 
 
 def ablation_tables(recs, figdir: Path) -> str:
@@ -422,9 +443,9 @@ def write_report(recs: dict[str, dict], out: Path, title: str, command: str, pla
     parts = [f"# {title}", f"Regenerate with: `{command}` (from the repository root).", *status,
              f"Total wall time of the finished cells: {wall:.2f} h.", "## Comparison table", comp_md,
              *([note] if (note := shipped_note(recs)) else []),
-             "## Table 2, setting A: T2I + Edit", a_md]
+             "## Table 2, setting A: T2I + Edit", a_md, *filter(None, [preservation_table(recs, "A")])]
     if ov_b or any(f"teacher/{t}" in recs for t in TEACHERS["B"]):
-        parts += ["## Table 2, setting B: Local + Global Edit", b_md]
+        parts += ["## Table 2, setting B: Local + Global Edit", b_md, *filter(None, [preservation_table(recs, "B")])]
     conv = convergence_section(recs, figdir)
     if conv:
         parts += ["## The comparison at convergence", conv]

@@ -24,7 +24,7 @@ def _scores(o, rng, n=20):
     gen = {c: list((rng.random(n) < 0.7).astype(float)) for c in T2I}
     return {"gedit": {"avg": {"o": float(np.mean([np.mean(v) for v in per.values()]))}},
             "geneval": {"overall": float(np.mean([np.mean(v) for v in gen.values()]))},
-            "preservation": {"local_edit": 0.9, "global_edit": 0.6}, "items": {"gedit_o": per, "geneval": gen}}
+            "preservation": {"local_edit": 0.9, "global_edit": 0.6, **{c: 0.5 + i / 10 for i, c in enumerate(EDIT)}}, "items": {"gedit_o": per, "geneval": gen}}
 
 
 def _records(test_level=None):
@@ -68,6 +68,11 @@ def test_section_from_fake_records(tmp_path):
     path = write_report(recs, tmp_path, "t", "cmd")
     text = path.read_text()
     assert "## The comparison at convergence" in text
+    # preservation per edit category beside Table 2, at the budget (5 seeds of DanceOPD)
+    assert "Preservation per edit category" in text
+    # columns in Table 2's order: subj-add, subj-rem, subj-rep, color-alt, bg-chg, style-chg
+    assert ("| **DanceOPD** (n=5 seeds) | 0.50 ± 0.00 | 0.60 ± 0.00 | 0.70 ± 0.00 | 0.80 ± 0.00 | 0.90 ± 0.00 | "
+            "1.00 ± 0.00 | 0.90 ± 0.00 | 0.60 ± 0.00 |") in text
     # the reading goes by the interval at the budget, and the tables by the budget's results
     assert "- Setting B at the budget (1000 steps): DanceOPD − joint_sft" in text and "agrees with the paper" in text
     # an interval that straddles 0 is a tie, read as such (joint SFT's test results lifted to DanceOPD's in A)
