@@ -40,6 +40,7 @@ def reproduce_cmd(
     from ..report.links import link_runs
     from ..report.plan import (
         curve_stage,
+        edge_stage,
         extend_stage,
         full_plan_stage1,
         later_stage_ids,
@@ -82,7 +83,8 @@ def reproduce_cmd(
     recs = run(cells)
     planned, pending = len(cells), []
     if preset == "full":   # later stages are planned from earlier results, once those are complete
-        stages = [(curve_stage, "the curves (seed 0 of 4 main methods x 2 settings to 3,000 steps: 8 cells)"),
+        stages = [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge"),
+                  (curve_stage, "the curves (seed 0 of 4 main methods x 2 settings to 3,000 steps: 8 cells)"),
                   (extend_stage, "longer curves (to 6,000 steps, in a setting where a curve still rises at 3,000)"),
                   (seed_stage, "the seeds at the budget, weight merging, the dense baselines and the ablations")]
         for i, (stage, _) in enumerate(stages):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .plan import (
     CONVERGE_STEPS,
+    EDGE_FACTOR,
     EXTEND_STEPS,
     LR_GRID,
     MAIN_METHODS,
@@ -89,7 +90,8 @@ def grid_table(recs, setting) -> str | None:
             cells[(t["method"], float(t["value"]))] = r.get("by_scale") or {}
     if not cells:
         return None
-    head = [f"lr {lr:g}, scale {x:g}" for lr in LR_GRID for x in SCALE_GRID]
+    lrs = sorted({lr for _, lr in cells} | set(LR_GRID))   # with the edge points of stage 1b
+    head = [f"lr {lr:g}, scale {x:g}" for lr in lrs for x in SCALE_GRID]
     rows, edge = [], []
     for m in MAIN_METHODS:
         try:
@@ -99,20 +101,22 @@ def grid_table(recs, setting) -> str | None:
         except KeyError:
             chosen = None
         vals = []
-        for lr in LR_GRID:
+        for lr in lrs:
             for x in SCALE_GRID:
                 sc = cells.get((m, lr), {}).get(f"{x:g}")
                 v = "—" if sc is None else f"{overall_quality(sc, setting):.2f}"
                 vals.append(f"**{v}**" if chosen == (lr, x) else v)
         rows.append(f"| {m} | " + " | ".join(vals) + " |")
-        done = {lr for (mm, lr) in cells if mm == m}
-        if chosen and done == set(LR_GRID) and chosen[0] in (LR_GRID[0], LR_GRID[-1]):
+        tried = sorted(lr for mm, lr in cells if mm == m)
+        if chosen and set(LR_GRID) <= set(tried) and chosen[0] in (tried[0], tried[-1]):
             edge.append(f"{m} (lr {chosen[0]:g})")
     md = "\n".join(["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head), *rows])
-    if edge:   # said, not hidden: the grid is small and fixed in advance for every method alike
-        md += (f"\n\nChosen at the edge of the learning-rate grid: {', '.join(edge)}. The grid ({', '.join(f'{x:g}' for x in LR_GRID)}) "
-               "is the same for every method and was fixed before any run; a learning rate beyond its edge was not "
-               "tried, so these methods may be under-tuned.")
+    md += (f"\n\nThe grid ({', '.join(f'{x:g}' for x in LR_GRID)}) is the same for every method and was fixed before "
+           f"any run; a method whose best learning rate is at its edge gets one more point {EDGE_FACTOR}x past it "
+           "(stage 1b).")
+    if edge:   # said, not hidden
+        md += (f" Still chosen at the edge of what was tried: {', '.join(edge)}; a learning rate beyond it was "
+               "not tried, so these methods may be under-tuned.")
     return md
 
 

@@ -132,6 +132,7 @@ def overall_quality(scores: dict, setting: str) -> float:
 MAIN_METHODS = ("danceopd", "joint_sft", "offpolicy", "soft_mix")
 LR_GRID = (1e-4, 2e-4, 5e-4)
 SCALE_GRID = (1.0, 2.0, 3.0)   # text guidance the trained student samples with (1 = CFG absorbed)
+EDGE_FACTOR = 2                # a best lr at the grid's edge: one more point this factor past it (stage 1b)
 GRID_STEPS = 400
 GRID_N = 24
 VAL_SEED = 10_000
@@ -143,11 +144,33 @@ EXTEND_CURVE = (4000, 5000, 6000)   # ... scored at these steps
 SEEDS_BEST, SEEDS_OTHER = 5, 3
 
 
+def _grid_cell(setting: str, method: str, lr: float, base: int) -> Cell:
+    return _distill(setting, method, base, steps=GRID_STEPS, eval_n=GRID_N, extra=[f"train.lr={lr:g}"],
+                    eval_seed=VAL_SEED, sample_scales=SCALE_GRID, tag_extra={"grid": "lr", "value": f"{lr:g}"})
+
+
 def grid_cells(base: int = 0) -> list[Cell]:
     """Stage 1: learning rate (trained) x sampling guidance (evaluated) for every main method in both settings."""
-    return [_distill(s, m, base, steps=GRID_STEPS, eval_n=GRID_N, extra=[f"train.lr={lr:g}"], eval_seed=VAL_SEED,
-                     sample_scales=SCALE_GRID, tag_extra={"grid": "lr", "value": f"{lr:g}"})
-            for s in ("A", "B") for m in MAIN_METHODS for lr in LR_GRID]
+    return [_grid_cell(s, m, lr, base) for s in ("A", "B") for m in MAIN_METHODS for lr in LR_GRID]
+
+
+def edge_cells(grid: dict[str, dict], base: int = 0) -> list[Cell]:
+    """Stage 1b: a method whose best learning rate is at an edge of LR_GRID gets one more grid point past that edge
+    (x EDGE_FACTOR above the top, / EDGE_FACTOR below the bottom); every method by the same rule."""
+    cells = []
+    for s in ("A", "B"):
+        for m in MAIN_METHODS:
+            lr = choose_hparams(grid, s, m)[0]
+            if lr in (LR_GRID[0], LR_GRID[-1]):
+                cells.append(_grid_cell(s, m, lr * EDGE_FACTOR if lr == LR_GRID[-1] else lr / EDGE_FACTOR, base))
+    return cells
+
+
+def full_grid(recs: dict[str, dict], base: int = 0) -> dict[str, dict] | None:
+    """The finished grid with its edge points (stages 1 and 1b), or None while any of them is missing."""
+    grid = _done(recs, grid_cells(base))
+    edge = None if grid is None else _done(recs, edge_cells(grid, base))
+    return None if edge is None else {**grid, **edge}
 
 
 def choose_hparams(grid: dict[str, dict], setting: str, method: str) -> tuple[float, float]:
@@ -300,15 +323,21 @@ def _done(recs: dict[str, dict], cells: list[Cell]) -> dict[str, dict] | None:
     return got if len(got) == len(cells) else None
 
 
-def curve_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
-    """Stage 2 once the grid is complete (None before)."""
+def edge_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
+    """Stage 1b once the grid is complete (None before; [] when no method's best lr is at an edge)."""
     grid = _done(recs, grid_cells(base))
+    return None if grid is None else edge_cells(grid, base)
+
+
+def curve_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
+    """Stage 2 once the grid and its edge points are complete (None before)."""
+    grid = full_grid(recs, base)
     return None if grid is None else curve_cells(grid, base)
 
 
 def extend_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     """Stage 2b once the curve cells are complete (None before; [] when every curve flattened in time)."""
-    grid = _done(recs, grid_cells(base))
+    grid = full_grid(recs, base)
     seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
     return None if seed0 is None else extend_cells(grid, seed0, base)
 
@@ -316,7 +345,7 @@ def extend_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
 def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     """Stage 3 once the seed-0 curves are complete (extensions included), then stage 4 (weight merge, the dense
     baselines at DanceOPD's wall time, ablations) in the same list (None before)."""
-    grid = _done(recs, grid_cells(base))
+    grid = full_grid(recs, base)
     seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
     if seed0 is None:
         return None
@@ -333,4 +362,6 @@ def later_stage_ids(base: int = 0) -> set[str]:
     """Ids of every cell a later stage could plan (for checking ``--force`` ids before any work)."""
     ids = {_distill(s, m, base + i).id for s in ("A", "B") for m in METHODS_ALL for i in range(SEEDS_BEST)}
     ids |= {f"{s}/{m}/s{base}/extend={EXTEND_STEPS}" for s in ("A", "B") for m in MAIN_METHODS}
+    ids |= {_grid_cell(s, m, lr, base).id for s in ("A", "B") for m in MAIN_METHODS
+            for lr in (LR_GRID[0] / EDGE_FACTOR, LR_GRID[-1] * EDGE_FACTOR)}
     return ids | {c.id for c in ablation_cells(base)}

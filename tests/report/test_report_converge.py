@@ -64,7 +64,7 @@ def test_section_from_fake_records(tmp_path):
     assert "budget **1000 steps**" in md and "at the budget: 1000 steps" in md
     assert "| danceopd | 5 | 7.99 ± 0.06 |" in md   # B; seed 0 taken from its curve at 1000 (its 3000-step scores are ~0)
     assert "**5.30**" in md   # the chosen grid point: the largest scale at the smallest lr on a tie of lrs
-    assert "Chosen at the edge of the learning-rate grid: danceopd (lr 0.0001), joint_sft (lr 0.0001)" in md
+    assert "Still chosen at the edge of what was tried: danceopd (lr 0.0001), joint_sft (lr 0.0001)" in md
     path = write_report(recs, tmp_path, "t", "cmd")
     text = path.read_text()
     assert "## The comparison at convergence" in text

@@ -16,6 +16,7 @@ from danceopd.report.plan import (
     budget,
     choose_hparams,
     curve_stage,
+    edge_stage,
     extend_stage,
     full_plan_stage1,
     grid_cells,
@@ -100,20 +101,29 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert len(grid) == 2 * 4 * 3 and all(c.eval_seed == 10_000 and c.sample_scales for c in grid)
     assert curve_stage({}) is None
 
-    def by_scale(c, x):   # best: lr 5e-4 for offpolicy, 1e-4 elsewhere; scale 3 for joint SFT, 1 elsewhere
-        lr = float(c.tags["value"])
-        good_lr = 5e-4 if c.tags["method"] == "offpolicy" else 1e-4
-        good_x = 3.0 if c.tags["method"] == "joint_sft" else 1.0
-        v = 5.0 + (lr == good_lr) + (x == good_x)
+    def by_scale(c, x):   # best in the grid: lr 5e-4 for off-policy (an edge; 1e-3 past it is better still),
+        # 2e-4 for DanceOPD, 1e-4 elsewhere (an edge; 5e-5 below it is worse); scale 3 for joint SFT, 1 elsewhere
+        m, lr = c.tags["method"], float(c.tags["value"])
+        rank = {"offpolicy": {1e-3: 2, 5e-4: 1}, "danceopd": {2e-4: 1}}.get(m, {1e-4: 1})
+        v = 5.0 + rank.get(lr, 0) + (x == (3.0 if m == "joint_sft" else 1.0))
         return {"gedit": {"avg": {"o": v}}, "geneval": {"overall": v / 10}}
 
     recs = _finished(grid, by_scale=by_scale)
     assert choose_hparams(recs, "A", "offpolicy") == (5e-4, 1.0)
     assert choose_hparams(recs, "B", "joint_sft") == (1e-4, 3.0)
+    assert curve_stage(recs) is None    # the curves wait for the points past the grid's edges
+    edge = edge_stage(recs)
+    assert sorted(c.id for c in edge) == sorted(
+        [f"{s}/offpolicy/s0/grid=lr,value=0.001" for s in "AB"] +
+        [f"{s}/{m}/s0/grid=lr,value=5e-05" for s in "AB" for m in ("joint_sft", "soft_mix")])   # not DanceOPD
+    assert {c.id for c in edge} <= later_stage_ids()
+    recs.update(_finished(edge, by_scale=by_scale))
+    assert choose_hparams(recs, "A", "offpolicy") == (1e-3, 1.0)
     curves = curve_stage(recs)
     assert len(curves) == 8 and all(c.curve and c.curve_n == 50 for c in curves)
     sft = next(c for c in curves if c.id == "A/joint_sft/s0")
     assert "train.lr=0.0001" in sft.overrides and "sampling.text_scale=3" in sft.overrides
+    assert "train.lr=0.001" in next(c for c in curves if c.id == "B/offpolicy/s0").overrides
     assert seed_stage(recs) is None
     recs.update(_finished(curves, score=lambda c: {"danceopd": 7, "soft_mix": 6.5}.get(c.tags["method"], 6)))
     later = seed_stage(recs)
