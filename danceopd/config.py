@@ -4,6 +4,7 @@ out-of-range values are ``UserError``s naming the file and key. Nothing is ever 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from .errors import UserError
+
+_SCI = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _type_name(tp) -> str:
@@ -61,6 +64,8 @@ def _coerce(value: Any, tp, where: str):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _SCI.fullmatch(value.strip()):
+            return float(value)   # YAML 1.1 reads 5e-05 / 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -73,3 +73,18 @@ def test_editable_build_prints_no_warnings(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "warning" not in (r.stderr + r.stdout).lower(), (r.stderr + r.stdout)[-3000:]
+
+
+def test_scientific_notation_is_a_number_in_set_and_yaml(tmp_path):
+    """YAML 1.1 reads ``5e-05`` (no dot) as a string: a learning rate written that way, on the command line or in
+    a config file, is still a number (the full preset's grid edge point is ``train.lr=5e-05``)."""
+    from danceopd.config import load_config
+    from danceopd.train.distill import DistillConfig
+
+    cfg = load_config(DistillConfig, ROOT / "configs/world/A_danceopd.yaml", ["train.lr=5e-05"])
+    assert cfg.train.lr == 5e-05
+    y = tmp_path / "c.yaml"
+    y.write_text(f"include: {ROOT / 'configs/world/A_danceopd.yaml'}\ntrain: {{lr: 1E-3}}\n")
+    assert load_config(DistillConfig, y, []).train.lr == 1e-3
+    with pytest.raises(Exception, match="expected a number, got '5e-x'"):
+        load_config(DistillConfig, ROOT / "configs/world/A_danceopd.yaml", ["train.lr=5e-x"])
