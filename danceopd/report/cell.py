@@ -64,7 +64,12 @@ class Cell:
 
     @property
     def dirname(self) -> str:
-        return self.id.replace("/", "__").replace("=", "-") + "--" + self.key()
+        return dirname(self.id, self.key())
+
+
+def dirname(cell_id: str, key: str) -> str:
+    """The folder name of a cell (``<out>/cells/<dirname>``) from its id and key (as a finished record holds them)."""
+    return cell_id.replace("/", "__").replace("=", "-") + "--" + key
 
 
 def _shipped_shas(text: str) -> dict[str, str | None]:

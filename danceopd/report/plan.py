@@ -5,6 +5,7 @@ runs, ablations; the quick preset; and the full preset's protocol (grid, curves,
 from __future__ import annotations
 
 from .cell import Cell
+from .cell import dirname as cell_dirname
 
 METHODS_ALL = ("joint_sft", "weight_merge", "offpolicy", "soft_mix", "diffusionopd", "flowopd", "danceopd")
 TEACHERS = {"A": ("t2i", "edit"), "B": ("local_edit", "global_edit")}
@@ -307,11 +308,11 @@ def extend_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -
         if all(p is not None for p in plateaus(seed0, s).values()):
             continue
         for m in MAIN_METHODS:
-            hp = choose_hparams(grid, s, m)
-            c = _converged(s, m, base, hp, curve=True, steps=EXTEND_STEPS)
+            c = _converged(s, m, base, choose_hparams(grid, s, m), curve=True, steps=EXTEND_STEPS)
+            done = next(r for r in seed0.values() if r["id"] == c.id)   # the finished curve cell, as it ran
             c.id += f"/extend={EXTEND_STEPS}"
             c.curve = list(EXTEND_CURVE)
-            c.resume_from = _converged(s, m, base, hp, curve=True).dirname
+            c.resume_from = cell_dirname(done["id"], done["key"])
             c.tags["extend"] = EXTEND_STEPS
             cells.append(c)
     return cells

@@ -83,7 +83,7 @@ def _finished(cells, score=lambda c: 5.0, by_scale=None):
     for c in cells:
         v = score(c)
         sc = {"gedit": {"avg": {"o": v}}, "geneval": {"overall": v / 10}}
-        rec = {"id": c.id, "status": "done", "tags": c.tags, "scores": sc}
+        rec = {"id": c.id, "key": c.key(), "status": "done", "tags": c.tags, "scores": sc}
         if c.sample_scales:
             rec["by_scale"] = {f"{x:g}": by_scale(c, x) if by_scale else sc for x in c.sample_scales}
         if c.curve:   # rises to v at step 1000 (the plateau), flat after
@@ -151,6 +151,10 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     base = {c.tags["method"]: c for c in curves if c.tags["setting"] == "B"}
     assert all(c.resume_from == base[c.tags["method"]].dirname and c.curve == list(EXTEND_CURVE)
                and "train.steps=6000" in c.overrides and c.curve_test for c in ext)
+    # the folder continued is the one the curve cell ran in (its record's key: e.g. --retrain-teachers changes it)
+    recs["B/soft_mix/s0"]["key"] = "0123456789ab"
+    assert extend_stage(recs)[-1].resume_from == "B__soft_mix__s0--0123456789ab"
+    recs["B/soft_mix/s0"]["key"] = base["soft_mix"].key()
     assert {c.id for c in ext} <= later_stage_ids()
     assert seed_stage(recs) is None    # the seeds wait for the longer curves
     for c in ext:   # off-policy flattens at 4000 (the others were flat already): B's budget is 4000
