@@ -145,7 +145,9 @@ def _continue_from(base: Path, run_dir: Path, rec: dict, log) -> None:
         raise RuntimeError(f"{base}: the cell this curve extension continues has not finished")
     rec["curve"] = [dict(p) for p in base_rec.get("curve") or []]
     rec["continues"] = base_rec["id"]
-    if (base / "run" / "checkpoints").is_dir() and not run_dir.exists():
+    if run_dir.exists():   # copied before an interruption: its own run folder resumes
+        log(f"{rec['id']}: resuming its run folder (continued from {base_rec['id']})")
+    elif (base / "run" / "checkpoints").is_dir():
         tmp = run_dir.with_name(run_dir.name + ".partial")   # copied whole, then renamed: never half a run
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(base / "run", tmp)
