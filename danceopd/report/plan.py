@@ -121,6 +121,7 @@ def overall_quality(scores: dict, setting: str) -> float:
 # Every main method sees both routes in every optimizer step, 16 samples each (configs/world/setting_*.yaml), so a
 # step is 32 training samples for every method and steps are matched samples. The protocol, in stages:
 #   1. grid:     learning rate x sampling guidance per (setting, method), GRID_STEPS steps, scored on VAL_SEED;
+#   1b. edge:    a method whose best lr is at an edge of LR_GRID gets one more lr EDGE_FACTOR past that edge;
 #   2. curves:   seed 0 of every main method with its chosen settings to CONVERGE_STEPS, scored every few hundred
 #                steps on VAL_SEED (the budget is read off these curves);
 #   2b. longer:  in a setting where a curve is still rising at CONVERGE_STEPS, all four of its curves continue (from
