@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
-from . import cell
+from . import cell, plan
 from .plan import MAIN_METHODS
 
 PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<setting>_<method>
@@ -46,17 +46,14 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
     Every one must be there (one line naming the first missing one otherwise); nothing is written before that is
     checked. Returns the manifest."""
     dest = Path(dest or cell.STUDENT_DIR)
-    found: dict[tuple[str, str], tuple[dict, Path]] = {}
+    recs, students = {}, {}
     for f in sorted(Path(results, "cells").glob("*.json")):
-        rec = json.loads(f.read_text(encoding="utf-8"))
-        t = rec.get("tags", {})
-        if rec.get("status") != "done" or not rec.get("curve") or "grid" in t or "ablation" in t:
-            continue
         w = Path(results, "students", f.with_suffix(".safetensors").name)
-        k = (t.get("setting"), t.get("method"))
-        if t.get("method") in MAIN_METHODS and t.get("seed", 0) == 0 and w.is_file() and (
-                k not in found or len(rec["curve"]) > len(found[k][0]["curve"])):   # an extension: the longer run
-            found[k] = (rec, w)
+        if w.is_file():   # only cells with a published student can be shipped
+            recs[f.name] = json.loads(f.read_text(encoding="utf-8"))
+            students[id(recs[f.name])] = w
+    found = {(r["tags"]["setting"], r["tags"]["method"]): (r, students[id(r)])
+             for r in plan.longest_curves(recs).values()}   # a curve extension over the cell it continues
     for s in ("A", "B"):
         for m in MAIN_METHODS:
             if (s, m) not in found:
