@@ -31,6 +31,10 @@ def reproduce_cmd(
                                      "report; cells already published there are reused, not rerun."),
     commit: bool = typer.Option(False, "--commit", help="With --publish: git-commit each published cell as it "
                                 "finishes (only its files), so a lost machine costs at most the running cells."),
+    park: bool = typer.Option(False, "--park", help="Run nothing: copy each unfinished cell's newest checkpoint (and "
+                              "its curve points so far) to <--publish>/parked/, committed with --commit, so a run "
+                              "on another machine resumes it there instead of starting it over. Stop the running "
+                              "reproduce first."),
     jobs: int = typer.Option(1, "--jobs", help="Cells run at once (worker processes; cores / jobs torch threads "
                              "each). On a GPU, several cells share it."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda: where cells train and are evaluated."),
@@ -59,8 +63,11 @@ def reproduce_cmd(
     if commit and not publish_dir:
         raise UserError("--commit commits published cells: give --publish DIR too")
     _select_device(device)
-    if report_only and (force or retrain_teachers):
-        raise UserError("--report-only runs nothing: it cannot be combined with --force or --retrain-teachers")
+    if (report_only or park) and (force or retrain_teachers):
+        flag = "--report-only" if report_only else "--park"
+        raise UserError(f"{flag} runs nothing: it cannot be combined with --force or --retrain-teachers")
+    if park and not publish_dir:
+        raise UserError("--park keeps unfinished cells in the publish folder: give --publish DIR too")
     cells = quick_plan(seed, ship.manifest()) if preset == "quick" else full_plan_stage1(seed)
     check_force(force, {c.id for c in cells} | (later_stage_ids(seed) if preset == "full" else set()))
     out = out or Path("runs") / preset
@@ -72,7 +79,7 @@ def reproduce_cmd(
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
     publisher = Publisher(publish_dir, commit) if publish_dir else None
-    if report_only:
+    if report_only or park:
         def run(cs):
             return load_done(cs, out)
     else:
@@ -81,7 +88,7 @@ def reproduce_cmd(
                 c.teacher_runs = dict(teacher_map)
             return run_plan(cs, out, teacher_map, force, check=False, publisher=publisher, jobs=jobs)
     recs = run(cells)
-    planned, pending = len(cells), []
+    planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
         stages = [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge"),
                   (curve_stage, "the curves (seed 0 of 4 main methods x 2 settings to 3,000 steps: 8 cells)"),
@@ -93,7 +100,13 @@ def reproduce_cmd(
                 pending = [w for _, w in stages[i:]]
                 break
             planned += len(nxt)
+            every += nxt
             recs.update(run(nxt))
+    if park:
+        parked = publisher.park(every, out)
+        typer.echo("parked: " + (", ".join(f"{c.id} at step {s}" for c, s in parked) or "nothing (no unfinished "
+                   "cell with a checkpoint)") + f" -> {publish_dir / 'parked'}")
+        return
     cmd = f"danceopd reproduce --preset {preset} --out {out} --seed {seed} --device {device}" + (
         " --retrain-teachers" if retrain_teachers else "") + (f" --publish {publish_dir}" if publish_dir else "")
     path = write_report(recs, out, f"DanceOPD in ShapesWorld — {preset} preset", cmd, planned=planned,

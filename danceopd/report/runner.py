@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
 from .cell import CONFIG_DIR, Cell
+from .park import drop_parked, park, parked_dir, unpark
 
 
 def git_sha() -> str:
@@ -69,6 +70,8 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     if done:
         return done
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    if rec is None and not force and (rec := unpark(cell, d, published)):
+        log(f"{cell.id}: resuming from its parked checkpoint (step {rec['parked_step']}, {rec['unparked_from']})")
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
                   "git_sha": git_sha(), "machine": machine(), "wall_time_s": 0.0}
@@ -250,8 +253,26 @@ class Publisher:
 
     def __call__(self, cell: Cell, rec: dict) -> None:
         paths = publish_cell(cell, rec, self.dest, weights=bool(cell.curve))
+        parked = parked_dir(cell, self.dest)
+        tracked = self.commit and parked.exists() and _tracked(parked)
+        if drop_parked(cell, self.dest) and tracked:   # finished: its parked checkpoint goes in the same commit
+            paths.append(parked)
         if self.commit:
             git_commit(paths, f"results: cell {cell.id} ({cell.key()})")
+
+    def park(self, cells: list[Cell], root: Path) -> list[tuple[Cell, int]]:
+        """Park the unfinished cells of ``cells`` (see ``park.py``); with ``commit``, one commit of them all."""
+        parked = park(cells, root, self.dest)
+        if parked and self.commit:
+            git_commit([parked_dir(c, self.dest) for c, _ in parked],
+                       "results: park " + ", ".join(f"{c.id} at step {s}" for c, s in parked))
+        return parked
+
+
+def _tracked(path: Path) -> bool:
+    res = subprocess.run(["git", "ls-files", "--", str(path.resolve())], capture_output=True, text=True,
+                         cwd=path.resolve().parent)
+    return res.returncode == 0 and bool(res.stdout.strip())
 
 
 def _cell_job(cell: Cell, root: Path, teacher_map: dict, force: bool, published: Path | None,

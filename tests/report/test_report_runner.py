@@ -273,8 +273,13 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     md = (tmp_path / "o5" / "report.md").read_text()
     assert "of 28 cells finished" in md and "Not planned yet" in md and "the curves (seed 0" in md
     assert "not planned yet" in capsys.readouterr().out
+    # --park with nothing unfinished: parks nothing, writes nothing to the publish folder
+    assert run_cli(["reproduce", "--preset", "full", "--park", "--publish", tmp_path / "pub", "--out",
+                    tmp_path / "o5"]) == 0
+    assert "parked: nothing" in capsys.readouterr().out and not (tmp_path / "pub").exists()
     for flags, msg in ((["--device", "tpu"], "--device must be cpu or cuda"), (["--jobs", "0"], "--jobs must be >= 1"),
-                       (["--commit"], "give --publish DIR too")):
+                       (["--commit"], "give --publish DIR too"), (["--park"], "give --publish DIR too"),
+                       (["--park", "--force", "A/danceopd/s0"], "--park runs nothing")):
         assert run_cli(["reproduce", *flags, "--out", tmp_path / "o4"]) == 2
         assert msg in capsys.readouterr().err and not (tmp_path / "o4").exists()
     # an unknown --force id fails before anything is created

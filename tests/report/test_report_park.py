@@ -1,0 +1,86 @@
+"""Parked cells: an unfinished cell's newest checkpoint, kept in the publish folder, resumes on another machine to
+the same student as an uninterrupted run (real training and evaluation of tiny models)."""
+
+import json
+import subprocess
+
+import pytest
+from tinycfg import make_tiny_teachers
+
+from danceopd.report import runner
+from danceopd.report.park import park, parked_dir
+from danceopd.report.plan import quick_plan
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _cell():
+    c = quick_plan()[-1]                                     # A/danceopd/s0
+    c.overrides += ["train.steps=3", "train.batch_size=2", "rollout.steps=2", "train.checkpoint_every=1",
+                    "train.threads=1", "train.log_every=1"]
+    c.curve, c.curve_test, c.eval_n, c.curve_n = [1, 2], True, 1, 1
+    return c
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, monkeypatch):
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+    straight = runner.run_plan([_cell()], tmp_path / "straight", tmap)[_cell().id]
+
+    repo = tmp_path / "repo"                                  # the publish folder lives in a git repository
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@t")
+    _git(repo, "config", "user.name", "t")
+    (repo / "README").write_text("x")
+    _git(repo, "add", "README")
+    _git(repo, "commit", "-qm", "init")
+    pub = runner.Publisher(repo / "results", commit=True)
+
+    # machine 1: interrupted while scoring step 2 (one curve point scored, checkpoint at step 2)
+    real, calls = runner.evaluate_model, []
+
+    def flaky(*a, **k):
+        calls.append(a)
+        if len(calls) == 3:
+            raise Interrupted
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "evaluate_model", flaky)
+    with pytest.raises(Interrupted):
+        runner.run_plan([_cell()], tmp_path / "m1", tmap, publisher=pub)
+    monkeypatch.setattr(runner, "evaluate_model", real)
+    parked = pub.park([_cell()], tmp_path / "m1")
+    assert [(c.id, s) for c, s in parked] == [(_cell().id, 2)]
+    p = parked_dir(_cell(), pub.dest)
+    rec = json.loads((p / "cell.json").read_text())
+    assert rec["key"] == _cell().key() and [q["step"] for q in rec["curve"]] == [1]
+    assert _git(repo, "ls-files", str(p))                    # committed
+    assert "park A/danceopd/s0 at step 2" in _git(repo, "log", "-1", "--format=%s")
+
+    # a parked folder under another key (a changed computation) is never resumed
+    other = _cell()
+    other.overrides.append("query.bias=mid_t")
+    (tmp_path / "o").mkdir()
+    from danceopd.report.park import unpark
+    assert unpark(other, tmp_path / "o" / "cells" / _cell().dirname, pub.dest) is None
+
+    # machine 2: nothing of the cell in its run folder -> resumes the parked checkpoint, same student
+    logs = []
+    rec2 = runner.run_plan([_cell()], tmp_path / "m2", tmap, publisher=pub, log=logs.append)[_cell().id]
+    assert any("parked checkpoint (step 2" in m for m in logs)
+    assert [q["step"] for q in rec2["curve"]] == [1, 2]
+    assert rec2["scores"]["items"] == straight["scores"]["items"]
+    assert [q["test"]["items"] for q in rec2["curve"]] == [q["test"]["items"] for q in straight["curve"]]
+    for k in ("gedit", "geneval", "lpips"):                  # the point scored on machine 1, kept
+        assert rec2["curve"][0]["scores"][k] == straight["curve"][0]["scores"][k]
+    # finished and published: the parked folder is gone, its deletion committed with the cell
+    assert not p.exists() and not _git(repo, "ls-files", str(p))
+    assert _git(repo, "status", "--porcelain", "--", str(repo / "results")) == ""
+    assert park([_cell()], tmp_path / "m2", pub.dest) == []   # a finished cell is never parked
