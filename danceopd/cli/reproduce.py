@@ -51,7 +51,7 @@ def reproduce_cmd(
         quick_plan,
         seed_stage,
     )
-    from ..report.report import comparison_table, shipped_note, table2, write_report
+    from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
     from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
@@ -117,7 +117,7 @@ def reproduce_cmd(
     typer.echo("\n" + comparison_table(recs)[0].split("\n\n")[0] + "\n")
     note = shipped_note(recs)
     if note:   # the converged comparison: both Table-2 blocks too
-        for s in ("A", "B"):
+        for s in shipped_settings(recs):
             typer.echo(f"Table 2, setting {s}:\n" + table2(recs, s)[0].split("\n\n")[0] + "\n")
         typer.echo(note + "\n")
     if links:

@@ -34,8 +34,8 @@ SHIPPED_N, LIVE_STEPS = 16, 60       # with them: the shipped students scored on
 
 
 def quick_plan(seed: int = 0, shipped: dict[str, dict] | None = None) -> list[Cell]:
-    """The main command. With ``shipped`` students (``student_manifest()``): the four teachers and the shipped
-    converged students of both settings evaluated here (SHIPPED_N per category, evaluation seed ``seed``), then a
+    """The main command. With ``shipped`` students (``student_manifest()``): the teachers and the shipped
+    converged students of every shipped setting evaluated here (SHIPPED_N per category, evaluation seed ``seed``), then a
     short live DanceOPD distillation (LIVE_STEPS steps, setting A) so the method is seen training. Without: the
     comparison table's four rows in setting A, students trained here for QUICK_STEPS steps, QUICK_N per
     category."""
@@ -44,7 +44,8 @@ def quick_plan(seed: int = 0, shipped: dict[str, dict] | None = None) -> list[Ce
         for m in ("joint_sft", "offpolicy", "danceopd"):
             cells.append(_distill("A", m, seed, steps=QUICK_STEPS, eval_n=QUICK_N))
         return cells
-    cells = teacher_cells(eval_n=SHIPPED_N)
+    settings = sorted({e["setting"] for e in shipped.values()})   # a setting is shipped whole (report/ship.py)
+    cells = teacher_cells(eval_n=SHIPPED_N, names=tuple(t for s in settings for t in TEACHERS[s]))
     for c in cells:
         c.seed = seed
     for name, e in sorted(shipped.items()):

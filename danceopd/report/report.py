@@ -74,6 +74,12 @@ def _seeds(recs, setting, method, extra=None):
     return out
 
 
+def shipped_settings(recs) -> list[str]:
+    """The settings whose shipped students a quick run evaluated (a setting is shipped whole: report/ship.py)."""
+    return sorted({r["tags"]["setting"] for r in recs.values()
+                   if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"})
+
+
 def shipped_note(recs) -> str | None:
     """Where the students of a quick run with shipped students come from, and the live run's result."""
     shipped = [r for r in recs.values() if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"]
@@ -84,6 +90,11 @@ def shipped_note(recs) -> str | None:
     md = [f"Students: the shipped converged students (`danceopd/assets/students`, seed 0 of the full preset trained "
           f"{'/'.join(steps)} steps; `docs/reproduce.md`), evaluated here with n = {'/'.join(n)} per category, so "
           "these numbers are noisier than `results/full/report.md`, which has every seed at full n."]
+    have = shipped_settings(recs)
+    for s in TEACHERS:
+        if s not in have:
+            md.append(f"Setting {s}: no shipped students yet (its four seed-0 curves had not all finished when the "
+                      "students were shipped); `results/full/report.md` has what is finished of it.")
     for r in recs.values():
         t = r.get("tags", {})
         if t.get("live") and r.get("status") == "done":

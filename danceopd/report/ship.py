@@ -1,5 +1,5 @@
 """The converged students shipped with the package (``danceopd/assets/students``): seed 0 of every main method in
-both settings, copied in fp16 from the full preset's published curve cells, with a manifest like the teachers'
+each setting whose curves have finished (a setting is shipped whole), copied in fp16 from the full preset's published curve cells, with a manifest like the teachers'
 (config, overrides, command, sha256, steps, scores). The quick preset evaluates them instead of training
 students from scratch, so the main command shows the comparison at convergence in minutes.
 
@@ -40,26 +40,48 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
-    """Copy the published seed-0 curve students of every main method in both settings from ``results`` (the
-    full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``) to ``dest`` with a manifest.
-    Every one must be there (one line naming the first missing one otherwise); nothing is written before that is
-    checked. Returns the manifest."""
-    dest = Path(dest or cell.STUDENT_DIR)
+def complete_settings(results: Path) -> dict[str, dict[str, tuple[dict, Path]]]:
+    """{setting: {method: (record, student weights)}} of the published seed-0 curve students in ``results`` (the
+    full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``), per setting, the longest curve of
+    each (a curve extension over the cell it continues)."""
     recs, students = {}, {}
     for f in sorted(Path(results, "cells").glob("*.json")):
         w = Path(results, "students", f.with_suffix(".safetensors").name)
         if w.is_file():   # only cells with a published student can be shipped
             recs[f.name] = json.loads(f.read_text(encoding="utf-8"))
             students[id(recs[f.name])] = w
-    found = {(r["tags"]["setting"], r["tags"]["method"]): (r, students[id(r)])
-             for r in plan.longest_curves(recs).values()}   # a curve extension over the cell it continues
-    for s in ("A", "B"):
-        for m in MAIN_METHODS:
-            if (s, m) not in found:
-                raise UserError(f"{results}: no published seed-0 curve student of {s}/{m} "
-                                "(run `danceopd reproduce --preset full --publish results/full` until the curves "
-                                "have finished)")
+    out: dict[str, dict] = {}
+    for r in plan.longest_curves(recs).values():
+        out.setdefault(r["tags"]["setting"], {})[r["tags"]["method"]] = (r, students[id(r)])
+    return out
+
+
+def ship_students(results: Path, dest: Path | None = None, settings: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Copy the published seed-0 curve students of every main method from ``results`` to ``dest`` with a manifest,
+    one setting at a time: ``settings`` (each must have all four; one line naming the first missing student
+    otherwise) or, by default, every setting whose four curves have all finished (at least one must have).
+    Nothing is written before that is checked. The manifest lists what this call shipped; a shipped student of a
+    setting not shipped now is removed, so the manifest and the folder agree. Returns the manifest."""
+    dest = Path(dest or cell.STUDENT_DIR)
+    have = complete_settings(results)
+
+    def missing(s):
+        return [m for m in MAIN_METHODS if m not in have.get(s, {})]
+
+    hint = "run `danceopd reproduce --preset full --publish results/full` until the curves have finished"
+    if settings:
+        for s in settings:
+            if s not in plan.TEACHERS:
+                raise UserError(f"setting {s!r}: expected one of {', '.join(plan.TEACHERS)}")
+            if missing(s):
+                raise UserError(f"{results}: no published seed-0 curve student of {s}/{missing(s)[0]} ({hint})")
+    else:
+        settings = tuple(s for s in plan.TEACHERS if not missing(s))
+        if not settings:
+            first = next(f"{s}/{missing(s)[0]}" for s in plan.TEACHERS)
+            raise UserError(f"{results}: no setting has all four seed-0 curve students (first missing: {first}; "
+                            f"{hint})")
+    found = {(s, m): have[s][m] for s in settings for m in MAIN_METHODS}
     dest.mkdir(parents=True, exist_ok=True)
     out = {}
     for (s, m), (rec, w) in sorted(found.items()):
@@ -74,4 +96,7 @@ def ship_students(results: Path, dest: Path | None = None) -> dict[str, dict]:
                      "scores": {k: v for k, v in rec["scores"].items() if k != "items"},
                      "curve": [{"step": p["step"], "scores": p["scores"]} for p in rec["curve"]]}
     write_json_atomic(dest / "manifest.json", out)
+    for old in dest.glob("*.safetensors"):
+        if old.stem not in out:
+            old.unlink()
     return out

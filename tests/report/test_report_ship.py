@@ -55,10 +55,41 @@ def test_ship_students_copies_the_seed0_curve_students_with_a_manifest(tmp_path)
 def test_ship_students_refuses_an_incomplete_set_before_writing(tmp_path):
     res = _published(tmp_path, skip=("B", "soft_mix"))
     with pytest.raises(UserError, match="B/soft_mix"):
+        ship.ship_students(res, tmp_path / "students", settings=("A", "B"))
+    assert not (tmp_path / "students").exists()
+    with pytest.raises(UserError, match="setting 'C'"):
+        ship.ship_students(res, tmp_path / "students", settings=("C",))
+    shutil.rmtree(res / "cells")
+    (res / "cells").mkdir()
+    with pytest.raises(UserError, match="no setting has all four.*A/danceopd"):
         ship.ship_students(res, tmp_path / "students")
     assert not (tmp_path / "students").exists()
     with pytest.raises(UserError, match="no such shipped student"):
         ship.student_path("shipped:A_nope", tmp_path)
+
+
+def test_ship_students_ships_the_complete_settings_and_drops_stale_ones(tmp_path):
+    ship.ship_students(_published(tmp_path), tmp_path / "students")            # both settings
+    res = _published(tmp_path / "later", skip=("B", "soft_mix"))
+    man = ship.ship_students(res, tmp_path / "students")                        # B incomplete: A only
+    assert sorted(man) == sorted(f"A_{m}" for m in MAIN_METHODS)
+    assert sorted(f.stem for f in (tmp_path / "students").glob("*.safetensors")) == sorted(man)
+
+
+def test_main_command_with_one_shipped_setting_says_the_other_is_missing(tmp_path, monkeypatch):
+    ship.ship_students(_published(tmp_path, skip=("B", "soft_mix")), tmp_path / "students")
+    monkeypatch.setattr(cell, "STUDENT_DIR", tmp_path / "students")
+    monkeypatch.setattr(runner, "evaluate_model", fake_scores)
+    real = plan.quick_plan
+    monkeypatch.setattr(plan, "quick_plan", lambda seed=0, shipped=None: _tiny(real(seed, shipped)))
+    cells = real(0, ship.manifest())
+    assert [c.id for c in cells if c.kind == "teacher" and not str(c.model).startswith("shipped:")] == \
+        ["teacher/t2i", "teacher/edit"]   # only the shipped setting's teachers
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["reproduce", "--preset", "quick", "--out", str(tmp_path / "quick")]) == 0
+    text = printed.getvalue()
+    assert "Table 2, setting A:" in text and "Table 2, setting B:" not in text
+    assert "Setting B: no shipped students yet" in text and "| DanceOPD (On-Policy) |" in text
 
 
 def test_main_command_evaluates_shipped_students_then_trains_live(tmp_path, monkeypatch):
