@@ -3,6 +3,7 @@ ShapesWorld, as one resumable command that writes report.md and report.html."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def reproduce_cmd(
     from ..report import ship
     from ..report.links import link_runs
     from ..report.plan import (
+        SETTINGS,
         curve_stage,
         edge_stage,
         extend_stage,
@@ -90,15 +92,25 @@ def reproduce_cmd(
     recs = run(cells)
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
-        stages = [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge"),
-                  (curve_stage, "the curves (seed 0 of 4 main methods x 2 settings to 3,000 steps: 8 cells)"),
-                  (extend_stage, "longer curves (to 6,000 steps, in a setting where a curve still rises at 3,000)"),
-                  (seed_stage, "the seeds at the budget, weight merging, the dense baselines and the ablations")]
-        for i, (stage, _) in enumerate(stages):
+        stages = [(edge_stage, None, "one learning rate past the grid's edge for methods whose best is at an edge")]
+        for s in SETTINGS:   # a setting's later stages do not wait for the other setting's
+            def one(stage, s=s):
+                return functools.partial(stage, settings=(s,))
+            stages += [(one(curve_stage), s, f"setting {s}: the curves (seed 0 of the 4 main methods to 3,000 steps)"),
+                       (one(extend_stage), s, f"setting {s}: longer curves (to 6,000 steps, if a curve still rises "
+                                              "at 3,000)"),
+                       (one(seed_stage), s, f"setting {s}: the seeds at the budget, weight merging, the dense "
+                                            "baselines" + (" and the ablations" if s == "A" else ""))]
+        waiting: set[str | None] = set()   # settings whose next stage cannot be planned yet
+        for stage, s, what in stages:
+            if None in waiting or s in waiting:
+                pending.append(what)
+                continue
             nxt = stage(recs, seed)
             if nxt is None:
-                pending = [w for _, w in stages[i:]]
-                break
+                waiting.add(s)
+                pending.append(what)
+                continue
             planned += len(nxt)
             every += nxt
             recs.update(run(nxt))

@@ -204,10 +204,13 @@ def _converged(setting, method, seed, hp, curve=False, steps=CONVERGE_STEPS):
     return c
 
 
-def curve_cells(grid: dict[str, dict], base: int = 0) -> list[Cell]:
-    """Stage 2: the base seed of every main method in both settings with its grid-chosen settings, with curves
+SETTINGS = tuple(TEACHERS)   # ("A", "B")
+
+
+def curve_cells(grid: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell]:
+    """Stage 2: the base seed of every main method in ``settings`` with its grid-chosen settings, with curves
     (every point scored on VAL_SEED for the budget and on the cell's own test seed for the results)."""
-    return [_converged(s, m, base, choose_hparams(grid, s, m), curve=True) for s in ("A", "B") for m in MAIN_METHODS]
+    return [_converged(s, m, base, choose_hparams(grid, s, m), curve=True) for s in settings for m in MAIN_METHODS]
 
 
 # ---- the budget rule ------------------------------------------------------------------------------------------
@@ -287,12 +290,13 @@ def strongest_baseline(seed0: dict[str, dict], setting: str, b: int) -> str | No
     return ranked[0][1] if ranked else None
 
 
-def seed_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -> list[Cell]:
+def seed_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0,
+               settings: tuple[str, ...] = SETTINGS) -> list[Cell]:
     """Stage 3: more seeds at the budget: SEEDS_BEST for DanceOPD and the strongest baseline of each setting (by
     seed-0 validation quality at the budget), SEEDS_OTHER for the other main methods. Seed 0's result is its
     curve cell's test score at the budget."""
     cells = []
-    for s in ("A", "B"):
+    for s in settings:
         b = budget(seed0, s)
         best = strongest_baseline(seed0, s, b)
         for m in MAIN_METHODS:
@@ -306,7 +310,7 @@ def extend_cells(grid: dict[str, dict], seed0: dict[str, dict], base: int = 0) -
     EXTEND_STEPS, each from the finished run of its curve cell (exact resume: the same student a run of that
     length trains), scored at EXTEND_CURVE; the points up to CONVERGE_STEPS are taken over from the curve cell."""
     cells = []
-    for s in ("A", "B"):
+    for s in SETTINGS:   # seed0 holds the curves of the settings being planned
         if all(p is not None for p in plateaus(seed0, s).values()):
             continue
         for m in MAIN_METHODS:
@@ -332,33 +336,41 @@ def edge_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
     return None if grid is None else edge_cells(grid, base)
 
 
-def curve_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
-    """Stage 2 once the grid and its edge points are complete (None before)."""
+# Stages 2-4 are planned per setting: a setting's curves, longer curves and seeds follow one another without
+# waiting for the other setting, so setting A's final comparison does not wait for setting B's curves.
+def curve_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 2 of ``settings`` once the grid and its edge points are complete (None before)."""
     grid = full_grid(recs, base)
-    return None if grid is None else curve_cells(grid, base)
+    return None if grid is None else curve_cells(grid, base, settings)
 
 
-def extend_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
-    """Stage 2b once the curve cells are complete (None before; [] when every curve flattened in time)."""
+def _curves(recs, base, settings):
     grid = full_grid(recs, base)
-    seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
+    seed0 = None if grid is None else _done(recs, curve_cells(grid, base, settings))
+    return grid, seed0
+
+
+def extend_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 2b of ``settings`` once their curve cells are complete (None before; [] when every curve flattened in
+    time)."""
+    grid, seed0 = _curves(recs, base, settings)
     return None if seed0 is None else extend_cells(grid, seed0, base)
 
 
-def seed_stage(recs: dict[str, dict], base: int = 0) -> list[Cell] | None:
-    """Stage 3 once the seed-0 curves are complete (extensions included), then stage 4 (weight merge, the dense
-    baselines at DanceOPD's wall time, ablations) in the same list (None before)."""
-    grid = full_grid(recs, base)
-    seed0 = None if grid is None else _done(recs, curve_cells(grid, base))
+def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 3 of ``settings`` once their seed-0 curves are complete (extensions included), then stage 4 (weight
+    merge, the dense baselines at DanceOPD's wall time; the ablations with setting A) in the same list (None
+    before)."""
+    grid, seed0 = _curves(recs, base, settings)
     if seed0 is None:
         return None
     extended = _done(recs, extend_cells(grid, seed0, base))
     if extended is None:
         return None
     seed0 = longest_curves({**seed0, **extended})
-    rest = [_distill(s, "weight_merge", base) for s in ("A", "B")]
-    rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in ("A", "B") for m in DENSE_COST]
-    return seed_cells(grid, seed0, base) + rest + ablation_cells(base)
+    rest = [_distill(s, "weight_merge", base) for s in settings]
+    rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
+    return seed_cells(grid, seed0, base, settings) + rest + (ablation_cells(base) if "A" in settings else [])
 
 
 def later_stage_ids(base: int = 0) -> set[str]:

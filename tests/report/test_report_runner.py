@@ -125,7 +125,16 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert "train.lr=0.0001" in sft.overrides and "sampling.text_scale=3" in sft.overrides
     assert "train.lr=0.001" in next(c for c in curves if c.id == "B/offpolicy/s0").overrides
     assert seed_stage(recs) is None
-    recs.update(_finished(curves, score=lambda c: {"danceopd": 7, "soft_mix": 6.5}.get(c.tags["method"], 6)))
+    score = lambda c: {"danceopd": 7, "soft_mix": 6.5}.get(c.tags["method"], 6)  # noqa: E731
+    # stages 2-4 go per setting: A's seeds do not wait for B's curves
+    only_a = {**recs, **_finished([c for c in curves if c.tags["setting"] == "A"], score=score)}
+    assert seed_stage(only_a) is None and seed_stage(only_a, settings=("B",)) is None
+    assert [c.id for c in curve_stage(only_a, settings=("B",))] == [c.id for c in curves if c.tags["setting"] == "B"]
+    assert extend_stage(only_a, settings=("A",)) == []
+    a_later = seed_stage(only_a, settings=("A",))
+    assert {c.tags["setting"] for c in a_later} == {"A"} and any("ablation" in c.tags for c in a_later)
+    recs.update(_finished(curves, score=score))
+    assert {c.id for c in a_later} == {c.id for c in seed_stage(recs) if c.tags["setting"] == "A"}
     later = seed_stage(recs)
     seeds = [c for c in later if "ablation" not in c.tags and c.tags["method"] in
              ("danceopd", "joint_sft", "offpolicy", "soft_mix")]
@@ -271,7 +280,8 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
     # the full preset's partial report names the stages not planned yet
     assert run_cli(["reproduce", "--preset", "full", "--report-only", "--out", tmp_path / "o5"]) == 0
     md = (tmp_path / "o5" / "report.md").read_text()
-    assert "of 28 cells finished" in md and "Not planned yet" in md and "the curves (seed 0" in md
+    assert "of 28 cells finished" in md and "Not planned yet" in md and "setting A: the curves (seed 0" in md
+    assert "setting B: the seeds at the budget" in md
     assert "not planned yet" in capsys.readouterr().out
     # --park with nothing unfinished: parks nothing, writes nothing to the publish folder
     assert run_cli(["reproduce", "--preset", "full", "--park", "--publish", tmp_path / "pub", "--out",
