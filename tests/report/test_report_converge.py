@@ -85,6 +85,11 @@ def test_section_from_fake_records(tmp_path):
     text = write_report(recs, tmp_path, "t", "cmd").read_text()
     assert "DanceOPD − joint_sft +0.00" in text and "→ TIE" in text and "can neither confirm nor refute" in text
     assert "Against every main baseline at the budget: tie vs joint_sft, win vs offpolicy, win vs soft_mix" in text
+    # no curves and one seed (e.g. the quick preset without shipped students): means only, no verdict, said so
+    only0 = {k: {**r, "curve": []} for k, r in _records().items() if r["tags"].get("seed", 0) == 0}
+    text = write_report(only0, tmp_path, "t", "cmd").read_text()
+    reading = text.split("## Reading")[1].split("\n", 1)[1]
+    assert "(1 seed, no interval yet)" in reading and "agrees with the paper's claim" not in reading
 
 
 def test_headline_baseline_is_chosen_on_validation_and_every_baseline_is_shown(tmp_path):
