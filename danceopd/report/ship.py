@@ -1,6 +1,6 @@
 """The converged students shipped with the package (``danceopd/assets/students``): seed 0 of every main method in
-each setting whose curves have finished (a setting is shipped whole), copied in fp16 from the full preset's published curve cells, with a manifest like the teachers'
-(config, overrides, command, sha256, steps, scores). The quick preset evaluates them instead of training
+each setting whose curves have finished (a setting is shipped whole), copied in fp16 from the full preset's
+published curve cells, with a manifest like the teachers' (config, overrides, command, sha256, steps, scores). The quick preset evaluates them instead of training
 students from scratch, so the main command shows the comparison at convergence in minutes.
 
     python scripts/ship_students.py --from results/full      # after the full preset's curves have finished
@@ -40,7 +40,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def complete_settings(results: Path) -> dict[str, dict[str, tuple[dict, Path]]]:
+def curve_students(results: Path) -> dict[str, dict[str, tuple[dict, Path]]]:
     """{setting: {method: (record, student weights)}} of the published seed-0 curve students in ``results`` (the
     full preset's publish folder: ``cells/*.json`` + ``students/*.safetensors``), per setting, the longest curve of
     each (a curve extension over the cell it continues)."""
@@ -63,7 +63,7 @@ def ship_students(results: Path, dest: Path | None = None, settings: tuple[str, 
     Nothing is written before that is checked. The manifest lists what this call shipped; a shipped student of a
     setting not shipped now is removed, so the manifest and the folder agree. Returns the manifest."""
     dest = Path(dest or cell.STUDENT_DIR)
-    have = complete_settings(results)
+    have = curve_students(results)
 
     def missing(s):
         return [m for m in MAIN_METHODS if m not in have.get(s, {})]
