@@ -350,12 +350,18 @@ def _read_done(cell: Cell, root: Path) -> dict | None:
 
 def publish(root: Path, dest: Path) -> None:
     """Copy the report (md, html, figures) and every finished cell's record (scores, command, SHA, wall time; no
-    weights) from ``root`` to ``dest``; files are replaced one by one atomically, nothing else in ``dest`` is
-    touched."""
+    weights) from ``root`` to ``dest``, except records adopted from ``dest`` itself (they are there already, with
+    their own model path); files are replaced one by one atomically, nothing else in ``dest`` is touched."""
     dest.mkdir(parents=True, exist_ok=True)
     items = [(root / "report.md", dest / "report.md"), (root / "report.html", dest / "report.html")]
     items += [(f, dest / "figures" / f.name) for f in sorted((root / "figures").glob("*.png"))]
-    items += [(f, dest / "cells" / f"{f.parent.name}.json") for f in sorted((root / "cells").glob("*/cell.json"))]
+    for f in sorted((root / "cells").glob("*/cell.json")):
+        dst = dest / "cells" / f"{f.parent.name}.json"
+        rec = json.loads(f.read_text(encoding="utf-8"))
+        adopted = rec.get("adopted_from")
+        if rec.get("status") == "done" and not (adopted and dst.is_file()
+                                                and Path(adopted).resolve() == dst.resolve()):
+            items.append((f, dst))   # not a running cell's; a record adopted from this very file stays as it is
     for src, dst in items:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)

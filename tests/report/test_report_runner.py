@@ -370,6 +370,14 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
         assert "adopted_from" in recs2[c.id]
         assert not (root / "r2" / "cells" / c.dirname / "run" / "checkpoints").exists()   # nothing trained
     assert (root / "r2" / "cells" / cells[-1].dirname / "run" / "model.safetensors").is_file()
+    # publishing the adopting run leaves the adopted records as they were published (no local paths written back)
+    before = rec_p.read_text()
+    write_report(recs2, root / "r2", "t", "cmd")
+    running = root / "r2" / "cells" / "A__x__s0--0123" / "cell.json"   # a cell still training: not published
+    running.parent.mkdir()
+    running.write_text(json.dumps({"id": "A/x/s0", "curve": [{"step": 250}]}))
+    runner.publish(root / "r2", root / "pub")
+    assert rec_p.read_text() == before and not (root / "pub" / "cells" / "A__x__s0--0123.json").exists()
     # a published record whose key differs (another config) is not adopted
     other = _tiny(quick_plan())[-1]
     other.overrides.append("query.bias=mid_t")
