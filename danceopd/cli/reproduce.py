@@ -3,7 +3,6 @@ ShapesWorld, as one resumable command that writes report.md and report.html."""
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -43,16 +42,7 @@ def reproduce_cmd(
     """Run (or resume) every cell of a preset and write the report. Finished cells are reused."""
     from ..report import ship
     from ..report.links import link_runs
-    from ..report.plan import (
-        SETTINGS,
-        curve_stage,
-        edge_stage,
-        extend_stage,
-        full_plan_stage1,
-        later_stage_ids,
-        quick_plan,
-        seed_stage,
-    )
+    from ..report.plan import full_plan_stage1, later_stage_ids, quick_plan, run_later_stages
     from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
     from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
 
@@ -92,28 +82,9 @@ def reproduce_cmd(
     recs = run(cells)
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
-        stages = [(edge_stage, None, "one learning rate past the grid's edge for methods whose best is at an edge")]
-        for s in SETTINGS:   # a setting's later stages do not wait for the other setting's
-            def one(stage, s=s):
-                return functools.partial(stage, settings=(s,))
-            stages += [(one(curve_stage), s, f"setting {s}: the curves (seed 0 of the 4 main methods to 3,000 steps)"),
-                       (one(extend_stage), s, f"setting {s}: longer curves (to 6,000 steps, if a curve still rises "
-                                              "at 3,000)"),
-                       (one(seed_stage), s, f"setting {s}: the seeds at the budget, weight merging, the dense "
-                                            "baselines" + (" and the ablations" if s == "A" else ""))]
-        waiting: set[str | None] = set()   # settings whose next stage cannot be planned yet
-        for stage, s, what in stages:
-            if None in waiting or s in waiting:
-                pending.append(what)
-                continue
-            nxt = stage(recs, seed)
-            if nxt is None:
-                waiting.add(s)
-                pending.append(what)
-                continue
-            planned += len(nxt)
-            every += nxt
-            recs.update(run(nxt))
+        more, pending = run_later_stages(recs, seed, run, jobs)
+        planned += len(more)
+        every += more
     if park:
         parked = publisher.park(every, out)
         typer.echo("parked: " + (", ".join(f"{c.id} at step {s}" for c, s in parked) or "nothing (no unfinished "

@@ -4,6 +4,8 @@ runs, ablations; the quick preset; and the full preset's protocol (grid, curves,
 
 from __future__ import annotations
 
+import functools
+
 from .cell import Cell
 from .cell import dirname as cell_dirname
 
@@ -371,6 +373,47 @@ def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] =
     rest = [_distill(s, "weight_merge", base) for s in settings]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
     return seed_cells(grid, seed0, base, settings) + rest + (ablation_cells(base) if "A" in settings else [])
+
+
+def _setting_stages(s: str) -> list[tuple]:
+    """(stage, what it plans) of setting ``s`` after the grid, each planned from the one before."""
+    def only(stage):
+        return functools.partial(stage, settings=(s,))
+    return [(only(curve_stage), f"setting {s}: the curves (seed 0 of the 4 main methods to 3,000 steps)"),
+            (only(extend_stage), f"setting {s}: longer curves (to 6,000 steps, if a curve still rises at 3,000)"),
+            (only(seed_stage), f"setting {s}: the seeds at the budget, weight merging, the dense baselines"
+                               + (" and the ablations" if s == "A" else ""))]
+
+
+def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1) -> tuple[list[Cell], list[str]]:
+    """Plan and run the full preset's stages after the grid: ``run(cells) -> {id: record}`` runs (or loads) a
+    batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), setting A's stages run to
+    the end before B's, so A's final comparison does not wait for B's curves; with several (a GPU), both settings'
+    next stages form one batch, so their cells run side by side. Returns (every cell planned, what could not be
+    planned yet: a stage waits for the one before it to finish)."""
+    pipes = [(None, [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge")])]
+    pipes += [(s, _setting_stages(s)) for s in SETTINGS]
+    groups = [[p] for p in pipes] if jobs == 1 else [pipes[:1], pipes[1:]]
+    waiting: set[str | None] = set()   # None: the edge stage (every setting waits for it)
+    planned: list[Cell] = []
+    pending: list[str] = []
+    for group in groups:
+        for level in range(max(len(stages) for _, stages in group)):
+            batch = []
+            for s, stages in group:
+                if level >= len(stages):
+                    continue
+                stage, what = stages[level]
+                nxt = None if (None in waiting or s in waiting) else stage(recs, base)
+                if nxt is None:
+                    waiting.add(s)
+                    pending.append(what)
+                else:
+                    batch += nxt
+            if batch:
+                planned += batch
+                recs.update(run(batch))
+    return planned, pending
 
 
 def later_stage_ids(base: int = 0) -> set[str]:

@@ -23,6 +23,7 @@ from danceopd.report.plan import (
     later_stage_ids,
     overall_quality,
     quick_plan,
+    run_later_stages,
     seed_stage,
 )
 from danceopd.report.report import md_to_html, write_report
@@ -180,6 +181,31 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert sum(c.tags["method"] == "offpolicy" for c in b_seeds) == 4   # now the strongest on validation
     assert {c.id for c in later} <= later_stage_ids() | {c.id for c in later if "ablation" in c.tags}
     assert {c.tags.get("ablation") for c in later} >= {"k", "cfg"}
+
+
+def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_several():
+    """After the grid: with one job A's curves -> longer curves -> seeds run before B's curves (A's result first);
+    with several, each batch holds both settings' next stage (cells side by side). Every curve flattens here, so
+    there are no longer curves; a failed curve stops its own setting only."""
+    def batches(jobs, fail=None):
+        recs, got = _finished(grid_cells()), []
+
+        def run(cells):
+            got.append(sorted({c.tags.get("setting") for c in cells}) + [len(cells)])
+            return _finished([c for c in cells if c.id != fail])
+        done, pending = run_later_stages(recs, 0, run, jobs)
+        return got, pending, done
+
+    # a flat grid: every method's best lr is the smallest (ties go low), so the edge stage (5e-05) runs first
+    got, pending, done = batches(1)
+    assert [g[:-1] for g in got] == [["A", "B"], ["A"], ["A"], ["B"], ["B"]] and not pending
+    assert got[1][-1] == 4 and got[3][-1] == 4 and len(done) == sum(g[-1] for g in got)
+    got, pending, _ = batches(2)
+    assert [g[:-1] for g in got] == [["A", "B"], ["A", "B"], ["A", "B"]] and got[1][-1] == 8
+    got, pending, _ = batches(1, fail="A/soft_mix/s0")   # A's seeds wait; B goes on
+    assert [g[:-1] for g in got] == [["A", "B"], ["A"], ["B"], ["B"]]
+    assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
+                       "setting A: the seeds at the budget, weight merging, the dense baselines and the ablations"]
 
 
 def test_runner_caches_resumes_and_forces(setup):
