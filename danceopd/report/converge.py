@@ -157,6 +157,11 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
         ax.set_ylabel("overall quality (0-10)")
         if ax.lines:
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finished curve yet", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
     if not any_curve:
         plt.close(fig)
         return None, plateaus
