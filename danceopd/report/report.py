@@ -74,15 +74,19 @@ def _seeds(recs, setting, method, extra=None):
     return out
 
 
+def _shipped(recs) -> list[dict]:
+    """The finished evaluations of shipped students in a quick run."""
+    return [r for r in recs.values() if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"]
+
+
 def shipped_settings(recs) -> list[str]:
     """The settings whose shipped students a quick run evaluated (a setting is shipped whole: report/ship.py)."""
-    return sorted({r["tags"]["setting"] for r in recs.values()
-                   if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"})
+    return sorted({r["tags"]["setting"] for r in _shipped(recs)})
 
 
 def shipped_note(recs) -> str | None:
     """Where the students of a quick run with shipped students come from, and the live run's result."""
-    shipped = [r for r in recs.values() if r.get("tags", {}).get("shipped") is not None and r.get("status") == "done"]
+    shipped = _shipped(recs)
     if not shipped:
         return None
     steps = sorted({str(r["tags"]["shipped"]) for r in shipped})
@@ -90,7 +94,7 @@ def shipped_note(recs) -> str | None:
     md = [f"Students: the shipped converged students (`danceopd/assets/students`, seed 0 of the full preset trained "
           f"{'/'.join(steps)} steps; `docs/reproduce.md`), evaluated here with n = {'/'.join(n)} per category, so "
           "these numbers are noisier than `results/full/report.md`, which has every seed at full n."]
-    have = shipped_settings(recs)
+    have = {r["tags"]["setting"] for r in shipped}
     for s in TEACHERS:
         if s not in have:
             md.append(f"Setting {s}: no shipped students yet (its four seed-0 curves had not all finished when the "
