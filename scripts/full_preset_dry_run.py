@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from danceopd.report import plan, runner
+from danceopd.report import plan, plateau, runner
 
 
 def shrink(cells):
@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     plan.CONVERGE_STEPS, plan.CONVERGE_CURVE, plan.EXTEND_STEPS = 2, (1, 2), 3
-    plan.PLATEAU_TOL = -1.0            # every curve "still rising": stage 2b runs
+    plateau.PLATEAU_TOL = -1.0            # every curve "still rising": stage 2b runs
     real = runner.run_plan
     runner.run_plan = lambda cells, *args, **kw: real(shrink(cells), *args, **kw)
     from danceopd.cli import main as cli

@@ -8,17 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import (
-    CONVERGE_STEPS,
-    EDGE_FACTOR,
-    EXTEND_STEPS,
-    LR_GRID,
+from .plan import CONVERGE_STEPS, EDGE_FACTOR, EXTEND_STEPS, LR_GRID, SCALE_GRID, VAL_SEED, choose_hparams
+from .plateau import (
     MAIN_METHODS,
     PLATEAU_TOL,
-    SCALE_GRID,
-    VAL_SEED,
     budget,
-    choose_hparams,
     curve_points,
     longest_curves,
     overall_quality,
@@ -227,7 +221,7 @@ def results(recs, setting, b) -> str | None:
 def verdict(recs, setting, b=None) -> dict | None:
     """DanceOPD against the strongest baseline at the budget (``b``; default: the setting's budget once its curves
     are in). The strongest baseline is the one chosen on validation before the seeds ran
-    (``plan.strongest_baseline``); without curves, the baseline with the best mean. Returns ``paired_bootstrap``'s
+    (``plateau.strongest_baseline``); without curves, the baseline with the best mean. Returns ``paired_bootstrap``'s
     fields plus best, means, mean_diff, gain (%), budget, and ``pairs``: {baseline: paired_bootstrap of DanceOPD
     against it} for EVERY main baseline, so a baseline that does better on the test seeds is not hidden. None
     before DanceOPD and a baseline have results there."""

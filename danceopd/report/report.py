@@ -19,7 +19,8 @@ from ..eval.metrics import PRESERVE_TOL
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
 from .converge import PAPER_GAIN, at_budget, convergence_section, verdict
-from .plan import ABLATION_EVAL_N, ABLATION_STEPS, METHODS_ALL, TEACHERS, overall_quality
+from .plan import ABLATION_EVAL_N, ABLATION_STEPS, METHODS_ALL, TEACHERS
+from .plateau import overall_quality
 
 GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
                "style_change": "style-chg", "color_alter": "color-alt", "subject_remove": "subj-rem"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
 from . import cell, plan
-from .plan import MAIN_METHODS
+from .plateau import MAIN_METHODS, longest_curves
 
 PREFIX = "shipped:"   # model spec of a shipped student in a plan: shipped:<setting>_<method>
 
@@ -51,7 +51,7 @@ def curve_students(results: Path) -> dict[str, dict[str, tuple[dict, Path]]]:
             recs[f.name] = json.loads(f.read_text(encoding="utf-8"))
             students[id(recs[f.name])] = w
     out: dict[str, dict] = {}
-    for r in plan.longest_curves(recs).values():
+    for r in longest_curves(recs).values():
         out.setdefault(r["tags"]["setting"], {})[r["tags"]["method"]] = (r, students[id(r)])
     return out
 

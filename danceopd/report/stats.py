@@ -16,7 +16,7 @@ N_BOOT = 2000
 
 
 def overall_from_items(items: dict, setting: str, pick: dict[str, np.ndarray] | None = None) -> float:
-    """Overall quality (see ``plan.overall_quality``) from per-item scores, optionally on resampled item indices
+    """Overall quality (see ``plateau.overall_quality``) from per-item scores, optionally on resampled item indices
     ``pick[category]``. Setting A: (10 x mean over T2I categories of the mean per-prompt pass rate + mean over edit
     categories of the mean O) / 2; setting B: the edit part alone."""
     def cat_means(block):

@@ -13,7 +13,6 @@ from danceopd.report.plan import (
     EXTEND_CURVE,
     Cell,
     ablation_cells,
-    budget,
     choose_hparams,
     curve_stage,
     edge_stage,
@@ -21,11 +20,11 @@ from danceopd.report.plan import (
     full_plan_stage1,
     grid_cells,
     later_stage_ids,
-    overall_quality,
     quick_plan,
     run_later_stages,
     seed_stage,
 )
+from danceopd.report.plateau import budget, overall_quality
 from danceopd.report.report import md_to_html, write_report
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from danceopd.report.plan import overall_quality
+from danceopd.report.plateau import overall_quality
 from danceopd.report.stats import overall_from_items, paired_bootstrap
 
 T2I = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
