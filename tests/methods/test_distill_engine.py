@@ -52,7 +52,7 @@ def _same_run(a: Path, b: Path):
     assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
 
 
-@pytest.mark.parametrize("kill", ["step:3", "step:5"])
+@pytest.mark.parametrize("kill", ["step:3", pytest.param("step:5", marks=pytest.mark.slow)])   # step:5 slow tier
 def test_distill_sigkill_then_resume_is_bit_identical(reference, tmp_path, kill):
     cfg, ref = reference
     out = tmp_path / "run"

@@ -43,7 +43,9 @@ def _same_run(a: Path, b: Path):
     assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
 
 
-@pytest.mark.parametrize("kill", ["step:1", "step:3", "ckpt:4", "step:5"])
+# step:3 and ckpt:4 (mid-run, mid-checkpoint-write) in the default tier; the first and last steps in the slow tier
+@pytest.mark.parametrize("kill", [pytest.param("step:1", marks=pytest.mark.slow), "step:3", "ckpt:4",
+                                  pytest.param("step:5", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path, kill):
     cfg, ref = reference
     out = tmp_path / "run"
