@@ -272,41 +272,62 @@ def extend_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...]
     return None if seed0 is None else extend_cells(grid, seed0, base)
 
 
-def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
-    """Stage 3 of ``settings`` once their seed-0 curves are complete (extensions included), then stage 4 (weight
-    merge, the dense baselines at DanceOPD's wall time; the ablations with setting A) in the same list (None
-    before)."""
+def _budgeted(recs, base, settings):
+    """(grid, the longest seed-0 curves) of ``settings`` once their curves and longer curves are complete, else
+    None: what the seeds and the rest are planned from."""
     grid, seed0 = _curves(recs, base, settings)
     if seed0 is None:
         return None
     extended = _done(recs, extend_cells(grid, seed0, base))
-    if extended is None:
+    return None if extended is None else (grid, longest_curves({**seed0, **extended}))
+
+
+def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 3 of ``settings`` once their seed-0 curves are complete, longer curves included (None before)."""
+    got = _budgeted(recs, base, settings)
+    return None if got is None else seed_cells(*got, base, settings)
+
+
+def rest_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 4 of ``settings``: weight merging, the dense baselines at DanceOPD's wall time at the budget, and with
+    setting A the ablations (None before the budget is known)."""
+    got = _budgeted(recs, base, settings)
+    if got is None:
         return None
-    seed0 = longest_curves({**seed0, **extended})
+    seed0 = got[1]
     rest = [_distill(s, "weight_merge", base) for s in settings]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
-    return seed_cells(grid, seed0, base, settings) + rest + (ablation_cells(base) if "A" in settings else [])
+    return rest + (ablation_cells(base) if "A" in settings else [])
+
+
+def _only(stage, s):
+    return functools.partial(stage, settings=(s,))
 
 
 def _setting_stages(s: str) -> list[tuple]:
-    """(stage, what it plans) of setting ``s`` after the grid, each planned from the one before."""
-    def only(stage):
-        return functools.partial(stage, settings=(s,))
-    return [(only(curve_stage), f"setting {s}: the curves (seed 0 of the 4 main methods to 3,000 steps)"),
-            (only(extend_stage), f"setting {s}: longer curves (to 6,000 steps, if a curve still rises at 3,000)"),
-            (only(seed_stage), f"setting {s}: the seeds at the budget, weight merging, the dense baselines"
-                               + (" and the ablations" if s == "A" else ""))]
+    """(stage, what it plans) of setting ``s`` up to its comparison, each planned from the one before."""
+    return [(_only(curve_stage, s), f"setting {s}: the curves (seed 0 of the 4 main methods to 3,000 steps)"),
+            (_only(extend_stage, s), f"setting {s}: longer curves (to 6,000 steps, if a curve still rises at 3,000)"),
+            (_only(seed_stage, s), f"setting {s}: the seeds at the budget")]
+
+
+def _rest_stages(s: str) -> list[tuple]:
+    return [(_only(rest_stage, s), f"setting {s}: weight merging, the dense baselines"
+             + (" and the ablations" if s == "A" else ""))]
 
 
 def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1) -> tuple[list[Cell], list[str]]:
     """Plan and run the full preset's stages after the grid: ``run(cells) -> {id: record}`` runs (or loads) a
-    batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), setting A's stages run to
-    the end before B's, so A's final comparison does not wait for B's curves; with several (a GPU), both settings'
-    next stages form one batch, so their cells run side by side. Returns (every cell planned, what could not be
-    planned yet: a stage waits for the one before it to finish)."""
-    pipes = [(None, [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge")])]
-    pipes += [(s, _setting_stages(s)) for s in SETTINGS]
-    groups = [[p] for p in pipes] if jobs == 1 else [pipes[:1], pipes[1:]]
+    batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), what the comparison needs
+    comes first: setting A's curves, longer curves and seeds, then B's, and only then each setting's weight merge,
+    dense baselines and ablations (the ablations and dense baselines are not needed for the verdict); with several
+    (a GPU), both settings' next stages form one batch, so their cells run side by side. Returns (every cell
+    planned, what could not be planned yet: a stage waits for the one before it to finish)."""
+    edge = (None, [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge")])
+    if jobs == 1:
+        groups = [[edge]] + [[(s, _setting_stages(s))] for s in SETTINGS] + [[(s, _rest_stages(s))] for s in SETTINGS]
+    else:
+        groups = [[edge], [(s, _setting_stages(s) + _rest_stages(s)) for s in SETTINGS]]
     waiting: set[str | None] = set()   # None: the edge stage (every setting waits for it)
     planned: list[Cell] = []
     pending: list[str] = []

@@ -22,9 +22,10 @@ from danceopd.report.plan import (
     later_stage_ids,
     quick_plan,
     run_later_stages,
+    rest_stage,
     seed_stage,
 )
-from danceopd.report.plateau import budget, overall_quality
+from danceopd.report.plateau import MAIN_METHODS, budget, overall_quality
 from danceopd.report.report import md_to_html, write_report
 
 
@@ -131,11 +132,13 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert seed_stage(only_a) is None and seed_stage(only_a, settings=("B",)) is None
     assert [c.id for c in curve_stage(only_a, settings=("B",))] == [c.id for c in curves if c.tags["setting"] == "B"]
     assert extend_stage(only_a, settings=("A",)) == []
-    a_later = seed_stage(only_a, settings=("A",))
+    a_later = seed_stage(only_a, settings=("A",)) + rest_stage(only_a, settings=("A",))
     assert {c.tags["setting"] for c in a_later} == {"A"} and any("ablation" in c.tags for c in a_later)
+    assert not any("ablation" in c.tags or c.tags["method"] in DENSE_COST for c in seed_stage(only_a, settings=("A",)))
+    assert rest_stage(only_a, settings=("B",)) is None   # B's rest waits for B's curves
     recs.update(_finished(curves, score=score))
-    assert {c.id for c in a_later} == {c.id for c in seed_stage(recs) if c.tags["setting"] == "A"}
-    later = seed_stage(recs)
+    later = seed_stage(recs) + rest_stage(recs)
+    assert {c.id for c in a_later} == {c.id for c in later if c.tags["setting"] == "A"}
     seeds = [c for c in later if "ablation" not in c.tags and c.tags["method"] in
              ("danceopd", "joint_sft", "offpolicy", "soft_mix")]
     count = {(c.tags["setting"], c.tags["method"]): 0 for c in seeds}
@@ -165,7 +168,7 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     assert extend_stage(recs)[-1].resume_from == "B__soft_mix__s0--0123456789ab"
     recs["B/soft_mix/s0"]["key"] = base["soft_mix"].key()
     assert {c.id for c in ext} <= later_stage_ids()
-    assert seed_stage(recs) is None    # the seeds wait for the longer curves
+    assert seed_stage(recs) is None and rest_stage(recs) is None   # the seeds and the rest wait for the longer curves
     for c in ext:   # off-policy flattens at 4000 (the others were flat already): B's budget is 4000
         late = 10.5 if c.tags["method"] == "offpolicy" else None
         pts = [*recs[base[c.tags["method"]].id]["curve"],
@@ -173,7 +176,7 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
                                         recs[base[c.tags["method"]].id]["curve"][-2]["scores"]), "test": {}}
                  for s in c.curve)]
         recs[c.id] = {"id": c.id, "status": "done", "tags": c.tags, "scores": {}, "curve": pts}
-    later = seed_stage(recs)
+    later = seed_stage(recs) + rest_stage(recs)
     b_seeds = [c for c in later if c.tags["setting"] == "B" and "ablation" not in c.tags
                and c.tags["method"] in ("danceopd", "joint_sft", "offpolicy", "soft_mix")]
     assert b_seeds and all("train.steps=4000" in c.overrides for c in b_seeds)
@@ -183,28 +186,34 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
 
 
 def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_several():
-    """After the grid: with one job A's curves -> longer curves -> seeds run before B's curves (A's result first);
-    with several, each batch holds both settings' next stage (cells side by side). Every curve flattens here, so
-    there are no longer curves; a failed curve stops its own setting only."""
+    """After the grid: with one job what the comparison needs comes first: A's curves -> longer curves -> seeds,
+    then B's, and only then each setting's weight merge, dense baselines and ablations; with several, each batch
+    holds both settings' next stage (cells side by side). Every curve flattens here, so there are no longer curves;
+    a failed curve stops its own setting only."""
     def batches(jobs, fail=None):
         recs, got = _finished(grid_cells()), []
 
         def run(cells):
-            got.append(sorted({c.tags.get("setting") for c in cells}) + [len(cells)])
+            rest = all(c.tags["method"] not in MAIN_METHODS or "ablation" in c.tags for c in cells)
+            got.append(sorted({c.tags.get("setting") for c in cells}) + ["rest" if rest else "main", len(cells)])
             return _finished([c for c in cells if c.id != fail])
         done, pending = run_later_stages(recs, 0, run, jobs)
         return got, pending, done
 
     # a flat grid: every method's best lr is the smallest (ties go low), so the edge stage (5e-05) runs first
     got, pending, done = batches(1)
-    assert [g[:-1] for g in got] == [["A", "B"], ["A"], ["A"], ["B"], ["B"]] and not pending
+    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["A", "main"], ["B", "main"], ["B", "main"],
+                                     ["A", "rest"], ["B", "rest"]] and not pending
     assert got[1][-1] == 4 and got[3][-1] == 4 and len(done) == sum(g[-1] for g in got)
+    assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 3 + len(ablation_cells()) and got[6][-1] == 3
     got, pending, _ = batches(2)
-    assert [g[:-1] for g in got] == [["A", "B"], ["A", "B"], ["A", "B"]] and got[1][-1] == 8
+    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "B", "main"], ["A", "B", "main"], ["A", "B", "rest"]]
+    assert got[1][-1] == 8
     got, pending, _ = batches(1, fail="A/soft_mix/s0")   # A's seeds wait; B goes on
-    assert [g[:-1] for g in got] == [["A", "B"], ["A"], ["B"], ["B"]]
+    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["B", "main"], ["B", "main"], ["B", "rest"]]
     assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
-                       "setting A: the seeds at the budget, weight merging, the dense baselines and the ablations"]
+                       "setting A: the seeds at the budget",
+                       "setting A: weight merging, the dense baselines and the ablations"]
 
 
 def test_runner_caches_resumes_and_forces(setup):
@@ -293,7 +302,9 @@ def test_report_only_partial_and_publish(setup, tmp_path):
     assert "Partial report" not in full.read_text()
 
 
-def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys):
+def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys, monkeypatch):
+    from danceopd.report import cell
+    monkeypatch.setattr(cell, "STUDENT_DIR", tmp_path / "no_students")   # the quick preset without shipped students
     assert run_cli(["reproduce", "--preset", "nope", "--out", tmp_path / "o"]) == 2
     assert "--preset must be quick or full" in capsys.readouterr().err
     assert run_cli(["reproduce", "--report-only", "--force", "A/danceopd/s0", "--out", tmp_path / "o"]) == 2

@@ -11,15 +11,17 @@ from PIL import Image
 from test_report_runner import _tiny, fake_scores
 
 from danceopd.cli import main
-from danceopd.report import plan, runner
+from danceopd.report import cell, plan, runner
 from danceopd.report.links import link_name, link_runs
 
 
 @pytest.fixture(scope="module")
 def quick_out(tmp_path_factory):
+    """The quick preset's form without shipped students (test_report_ship.py covers the form with them)."""
     out = tmp_path_factory.mktemp("reproduce") / "quick"
     real = plan.quick_plan
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as printed:
+        mp.setattr(cell, "STUDENT_DIR", out.parent / "no_students")
         mp.setattr(runner, "evaluate_model", fake_scores)
         mp.setattr(plan, "quick_plan", lambda seed=0, shipped=None: _tiny(real(seed, shipped)))
         assert main(["reproduce", "--preset", "quick", "--out", str(out)]) == 0
