@@ -21,8 +21,8 @@ from danceopd.report.plan import (
     grid_cells,
     later_stage_ids,
     quick_plan,
-    run_later_stages,
     rest_stage,
+    run_later_stages,
     seed_stage,
 )
 from danceopd.report.plateau import MAIN_METHODS, budget, overall_quality
