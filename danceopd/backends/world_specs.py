@@ -1,6 +1,7 @@
-"""World model names and paths -> backends / generators. ``world:<name>`` = a shipped ShapesWorld model
-(``danceopd/assets/teachers/<name>.safetensors``); otherwise a ``.safetensors`` file or a run folder holding
-``model.safetensors``."""
+"""World model names and paths -> backends / generators. ``world:<name>`` = a shipped ShapesWorld teacher
+(``danceopd/assets/teachers/<name>.safetensors``), ``shipped:<setting>_<method>`` = a shipped converged student of
+the full preset (``danceopd/assets/students/``, e.g. ``shipped:A_danceopd``); otherwise a ``.safetensors`` file or
+a run folder holding ``model.safetensors``."""
 
 from __future__ import annotations
 
@@ -12,19 +13,23 @@ from ..errors import UserError
 from .world import WorldBackend, load_world_model
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
+STUDENT_DIR = ASSET_DIR.parent / "students"
+SHIPPED = {"world:": ASSET_DIR, "shipped:": STUDENT_DIR}   # name prefix -> folder of shipped weights
 
 
 def shipped_models() -> list[str]:
-    return sorted(f"world:{p.stem}" for p in ASSET_DIR.glob("*.safetensors"))
+    """The shipped teachers (``world:*``), then the shipped converged students (``shipped:*``)."""
+    return [f"{prefix}{p.stem}" for prefix, d in SHIPPED.items() for p in sorted(d.glob("*.safetensors"))]
 
 
 def resolve_model_path(spec: str) -> Path:
-    if spec.startswith("world:"):
-        p = ASSET_DIR / f"{spec.split(':', 1)[1]}.safetensors"
-        if not p.is_file():
-            avail = ", ".join(shipped_models()) or "none shipped"
-            raise UserError(f"unknown model {spec!r}; shipped models: {avail}")
-        return p
+    for prefix, folder in SHIPPED.items():
+        if spec.startswith(prefix):
+            p = folder / f"{spec[len(prefix):]}.safetensors"
+            if not p.is_file():
+                avail = ", ".join(shipped_models()) or "none shipped"
+                raise UserError(f"unknown model {spec!r}; shipped models: {avail}")
+            return p
     p = Path(spec)
     if p.is_dir():
         if (p / "model.safetensors").is_file():
@@ -39,7 +44,7 @@ def load_backend(spec: str, resolution: int | None = None, device="cpu") -> Worl
     try:
         path = resolve_model_path(spec)
     except FileNotFoundError:
-        raise UserError(f"unknown model {spec!r}: not a shipped name (world:<name>), file or run folder") from None
+        raise UserError(f"unknown model {spec!r}: not a shipped name (world:<name>, shipped:<setting>_<method>), file or run folder") from None
     net, tok, sampling, meta = load_world_model(path, device)
     for p in net.parameters():
         p.requires_grad_(False)

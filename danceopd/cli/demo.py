@@ -23,7 +23,7 @@ def demo_cmd(
 ):
     """Web page: models side by side on a prompt or an edit, with exact targets and the judge's verdicts.
 
-    Shipped teachers (world:*) and your runs; for edits the input and the exact target; the judge's verdict per
+    Shipped teachers (world:*), shipped converged students (shipped:*) and your runs; for edits the input and the exact target; the judge's verdict per
     constraint. Needs the demo extra (gradio; installed by install.sh dev)."""
     t0 = time.perf_counter()
     if not 0 < port < 65536:
@@ -36,7 +36,8 @@ def demo_cmd(
         try:
             resolve_model_path(m)
         except FileNotFoundError:
-            raise UserError(f"--model {m!r}: not a shipped name (world:<name>), file or run folder") from None
+            raise UserError(f"--model {m!r}: not a shipped name (world:<name>, shipped:<setting>_<method>), file or "
+                            "run folder") from None
     from ..demo.app import import_gradio, serve
     from ..demo.core import Demo
 

@@ -105,7 +105,7 @@ def _fit(src: np.ndarray, be) -> np.ndarray:
 
 @app.command("sample")
 def sample_cmd(
-    model: str = typer.Option("world:t2i", "--model", help="world:<name>, a model .safetensors or a run folder."),
+    model: str = typer.Option("world:t2i", "--model", help="world:<name>, shipped:<setting>_<method>, a model .safetensors or a run folder."),
     prompt: str = typer.Option(None, "--prompt", help="Text prompt (single image)."),
     csv: Path = typer.Option(None, "--csv", help="Batch mode: a dataset CSV; every t2i row's prompt is sampled."),
     out: Path = typer.Option(..., "--out", help="PNG (single) or folder (batch, with contact_sheet.png)."),
@@ -144,7 +144,7 @@ def sample_cmd(
 
 @app.command("edit")
 def edit_cmd(
-    model: str = typer.Option("world:edit", "--model", help="world:<name>, a model .safetensors or a run folder."),
+    model: str = typer.Option("world:edit", "--model", help="world:<name>, shipped:<setting>_<method>, a model .safetensors or a run folder."),
     image: Path = typer.Option(None, "--image", help="Source image (single edit)."),
     instruction: str = typer.Option(None, "--instruction", help="Edit instruction (single edit)."),
     csv: Path = typer.Option(None, "--csv", help="Batch mode: a dataset CSV; every edit row is applied."),

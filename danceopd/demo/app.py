@@ -12,8 +12,8 @@ from .core import MAX_MODELS, MAX_UPLOAD_BYTES, TABS, Demo
 from .html import CSS, card_html, error_html, flag_html, result_html
 
 TITLES = {"t2i": "Text to image", "local_edit": "Local edit", "global_edit": "Global edit"}
-INTRO = ("**danceopd demo: ShapesWorld.** Pick models (shipped teachers `world:*`, or any run folder, e.g. "
-         "`runs/quick/A_danceopd` after `make demo`), a prompt or an instruction (examples from every GenEval / "
+INTRO = ("**danceopd demo: ShapesWorld.** Pick models (shipped teachers `world:*`, shipped converged "
+         "students `shipped:*`, or any run folder, e.g. `runs/quick/A_danceopd` after `make demo`), a prompt or an instruction (examples from every GenEval / "
          "GEdit category, or your own words) and a seed. Every model's output is shown with the judge's verdict per "
          "constraint; for edits, the input and the exact target. The world's vocabulary is closed: unknown words "
          "are flagged.")

@@ -15,8 +15,11 @@ from ..world import DEFAULT_WORLD, GLOBAL_EDITS, LOCAL_EDITS, T2I_CATEGORIES, re
 from ..world.understand import parse_instruction, parse_prompt, scene_from_layout, unknown_words
 
 TABS = {"t2i": T2I_CATEGORIES, "local_edit": LOCAL_EDITS, "global_edit": GLOBAL_EDITS}
-DEFAULT_MODELS = {"t2i": ("world:t2i", "A_danceopd"), "local_edit": ("world:local_edit", "world:edit", "A_danceopd"),
-                  "global_edit": ("world:global_edit", "world:edit", "A_danceopd")}
+# per tab, the models shown first; a tuple is alternatives, the first one there wins (the shipped converged DanceOPD
+# student, else the one `make demo` trained)
+_DANCEOPD = ("shipped:A_danceopd", "A_danceopd")
+DEFAULT_MODELS = {"t2i": ("world:t2i", _DANCEOPD), "local_edit": ("world:local_edit", "world:edit", _DANCEOPD),
+                  "global_edit": ("world:global_edit", "world:edit", _DANCEOPD)}
 EXAMPLES_PER_CATEGORY = 3
 MAX_MODELS = 4
 MAX_CACHED_MODELS = 12
@@ -184,7 +187,11 @@ class Demo:
         choices = self.model_choices()
         out = []
         for want in DEFAULT_MODELS[tab]:
-            out += [c for c in choices if c == want or Path(c).name == want][:1]
+            for alt in want if isinstance(want, tuple) else (want,):
+                hit = [c for c in choices if c == alt or Path(c).name == alt][:1]
+                if hit:
+                    out += hit
+                    break
         return out
 
     def backend(self, spec: str):

@@ -90,7 +90,9 @@ def _shipped_shas(text: str) -> dict[str, str | None]:
     return out
 
 
-# The converged students shipped with the package (written by report/ship.py, read by the quick preset).
+# The converged students shipped with the package (written by report/ship.py, read by the quick preset; every
+# command that takes --model loads them as shipped:<name>, backends/world_specs.STUDENT_DIR: the same folder, not
+# imported so that planning cells loads no torch).
 STUDENT_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
 
 

@@ -101,3 +101,23 @@ def test_find_runs(tmp_path):
     (tmp_path / "full" / "students" / "A__danceopd__s0--abc.safetensors").write_bytes(b"x")
     assert find_runs(tmp_path) == [str(tmp_path / "quick" / "A_danceopd"),
                                    str(tmp_path / "full" / "students" / "A__danceopd__s0--abc.safetensors")]
+
+
+def test_default_models_prefer_the_shipped_converged_student(tmp_path, monkeypatch):
+    """The DanceOPD column of every tab is the shipped converged student when one is shipped, else the run
+    `make demo` trained (runs/quick/A_danceopd), else nothing."""
+    from danceopd.backends import world_specs
+
+    (tmp_path / "quick" / "A_danceopd").mkdir(parents=True)
+    (tmp_path / "quick" / "A_danceopd" / "model.safetensors").write_bytes(b"x")
+    students = tmp_path / "students"
+    students.mkdir()
+    monkeypatch.setitem(world_specs.SHIPPED, "shipped:", students)
+    demo = Demo(tmp_path)
+    assert demo.default_models("t2i") == ["world:t2i", str(tmp_path / "quick" / "A_danceopd")]
+    (students / "A_danceopd.safetensors").write_bytes(b"x")
+    assert demo.default_models("t2i") == ["world:t2i", "shipped:A_danceopd"]
+    assert demo.default_models("local_edit") == ["world:local_edit", "world:edit", "shipped:A_danceopd"]
+    assert Demo(tmp_path / "empty").default_models("global_edit")[-1] == "shipped:A_danceopd"
+    monkeypatch.setitem(world_specs.SHIPPED, "shipped:", tmp_path / "none")
+    assert Demo(tmp_path / "empty").default_models("t2i") == ["world:t2i"]

@@ -117,3 +117,20 @@ def test_main_command_evaluates_shipped_students_then_trains_live(tmp_path, monk
     (tmp_path / "students" / "manifest.json").write_text(json.dumps(
         {**ship.manifest(), "A_danceopd": {**ship.manifest()["A_danceopd"], "sha256": "other"}}))
     assert next(c for c in real(0, ship.manifest()) if c.model == "shipped:A_danceopd").key() != key
+
+
+def test_shipped_students_load_by_name_and_match_their_manifest():
+    """Every shipped converged student: its file's sha256 is the manifest's, it loads as shipped:<name> (every
+    --model flag), samples with the guidance scale it was chosen with, and is listed with the shipped models."""
+    from danceopd.backends.world_specs import load_backend, resolve_model_path, shipped_models
+
+    man = ship.manifest()
+    if not man:
+        pytest.skip("no converged students shipped")
+    for name, e in man.items():
+        path = resolve_model_path(f"shipped:{name}")
+        assert path == cell.STUDENT_DIR / f"{name}.safetensors" and ship.sha256(path) == e["sha256"], name
+        assert load_backend(f"shipped:{name}").sampling.text_scale == e["sample_scale"], name
+        assert f"shipped:{name}" in shipped_models()
+    with pytest.raises(UserError, match="unknown model 'shipped:A_nope'; shipped models: world:"):
+        resolve_model_path("shipped:A_nope")
