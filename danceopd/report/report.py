@@ -401,12 +401,20 @@ def _mean_o(sc, cats):
     return float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
 
 
-# Per setting: (capability name, metric on a scores dict, source teacher that owns the capability).
+def _local_preservation(sc):
+    return (sc.get("preservation") or {}).get("local_edit")
+
+
+# Per setting: (capability name, metric on a scores dict, source teacher that owns the capability). Preservation
+# is read next to GEdit O: O alone does not show whether an edit left the rest of the picture alone.
+_PRESERVE = "preservation of untouched pixels (local edits)"
 CAPABILITIES = {
     "A": (("T2I (GenEval overall)", lambda sc: _get(sc, "geneval", "overall"), "t2i"),
-          ("editing (GEdit avg O)", lambda sc: _get(sc, "gedit", "avg", "o"), "edit")),
+          ("editing (GEdit avg O)", lambda sc: _get(sc, "gedit", "avg", "o"), "edit"),
+          (_PRESERVE, _local_preservation, "edit")),
     "B": (("local editing (GEdit O, local categories)", lambda sc: _mean_o(sc, LOCAL_EDITS), "local_edit"),
-          ("global editing (GEdit O, global categories)", lambda sc: _mean_o(sc, GLOBAL_EDITS), "global_edit")),
+          ("global editing (GEdit O, global categories)", lambda sc: _mean_o(sc, GLOBAL_EDITS), "global_edit"),
+          (_PRESERVE, _local_preservation, "local_edit")),
 }
 
 

@@ -105,3 +105,23 @@ def test_headline_baseline_is_chosen_on_validation_and_every_baseline_is_shown(t
         "| joint_sft (strongest on validation) | 7.00 | [0, 1, 2, 3, 4] | +0.99 |")
     text = write_report(recs, tmp_path, "t", "cmd").read_text()
     assert "Against every main baseline at the budget: " in text and "vs offpolicy" in text
+
+
+def test_reading_puts_preservation_next_to_gedit_o(tmp_path):
+    """The reading ranks the local-edit preservation too (O alone hides an edit that repaints the picture): here
+    joint SFT keeps more untouched pixels than DanceOPD, and the reading says so, with the owning teacher's."""
+    recs = _records()
+    keep = {"joint_sft": 0.95, "danceopd": 0.9, "offpolicy": 0.8, "soft_mix": 0.7}
+    for r in recs.values():
+        m = r["tags"].get("method")
+        for sc in [r.get("scores"), *(p.get("test") for p in r.get("curve") or [])]:
+            if sc and m in keep:
+                sc["preservation"] = {**sc["preservation"], "local_edit": keep[m]}
+    recs["teacher/edit"] = {"id": "teacher/edit", "status": "done", "kind": "teacher", "tags": {"teacher": "edit"},
+                            "scores": {"preservation": {"local_edit": 0.6}}}
+    text = write_report(recs, tmp_path, "t", "cmd").read_text()
+    reading = text.split("## Reading")[1]
+    assert ("- Setting A, preservation of untouched pixels (local edits): best joint_sft 0.95; DanceOPD 0.90 "
+            "(rank 2 of 4; 150% of the edit teacher's 0.60).") in reading
+    assert ("- Setting B, preservation of untouched pixels (local edits): best joint_sft 0.95; DanceOPD 0.90 "
+            "(rank 2 of 4).") in reading
