@@ -105,6 +105,10 @@ def test_headline_baseline_is_chosen_on_validation_and_every_baseline_is_shown(t
         "| joint_sft (strongest on validation) | 7.00 | [0, 1, 2, 3, 4] | +0.99 |")
     text = write_report(recs, tmp_path, "t", "cmd").read_text()
     assert "Against every main baseline at the budget: " in text and "vs offpolicy" in text
+    # Table 2's relative gain uses the same baseline, not the best test mean of the table
+    assert "vs the strongest baseline on validation joint_sft 6.86 (5 seeds)" in text   # A
+    assert "vs the strongest baseline on validation joint_sft 7.00 (5 seeds)" in text   # B
+    assert "best baseline of this table" not in text
 
 
 def test_reading_puts_preservation_next_to_gedit_o(tmp_path):
