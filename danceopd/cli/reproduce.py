@@ -44,7 +44,15 @@ def reproduce_cmd(
     from ..report.links import link_runs
     from ..report.plan import full_plan_stage1, later_stage_ids, quick_plan, run_later_stages
     from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
-    from ..report.runner import Publisher, check_force, load_done, publish, run_plan, train_teachers
+    from ..report.runner import (
+        Publisher,
+        check_force,
+        finished_cells,
+        load_done,
+        publish,
+        run_plan,
+        train_teachers,
+    )
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
@@ -82,7 +90,10 @@ def reproduce_cmd(
     recs = run(cells)
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
-        more, pending = run_later_stages(recs, seed, run, jobs)
+        def finished(cs):   # what a stage has finished already (a forced cell is redone): skipped, not rerun
+            return load_done(cs, out) if report_only or park else finished_cells(
+                [c for c in cs if c.id not in force], out, publish_dir)
+        more, pending = run_later_stages(recs, seed, run, jobs, finished)
         planned += len(more)
         every += more
     if park:

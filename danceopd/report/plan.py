@@ -316,37 +316,50 @@ def _rest_stages(s: str) -> list[tuple]:
              + (" and the ablations" if s == "A" else ""))]
 
 
-def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1) -> tuple[list[Cell], list[str]]:
+def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1,
+                     finished=None) -> tuple[list[Cell], list[str]]:
     """Plan and run the full preset's stages after the grid: ``run(cells) -> {id: record}`` runs (or loads) a
     batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), what the comparison needs
     comes first: setting A's curves, longer curves and seeds, then B's, and only then each setting's weight merge,
-    dense baselines and ablations (the ablations and dense baselines are not needed for the verdict); with several
-    (a GPU), both settings' next stages form one batch, so their cells run side by side. Returns (every cell
-    planned, what could not be planned yet: a stage waits for the one before it to finish)."""
+    dense baselines and ablations (the ablations and dense baselines are not needed for the verdict). With several
+    (a GPU) the settings advance side by side and each at its own pace: every batch holds each setting's next stage
+    that still has work, so one setting's seeds run beside the other's curves. ``finished(cells) -> {id: record}``
+    (the cells already finished or published; nothing is run) lets a setting skip over its finished stages; without
+    it every stage is handed to ``run``. Returns (every cell planned, what could not be planned yet: a stage waits
+    for the one before it to finish)."""
     edge = (None, [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge")])
+    planned: list[Cell] = []
+    pending: list[str] = []
     if jobs == 1:
-        groups = [[edge]] + [[(s, _setting_stages(s))] for s in SETTINGS] + [[(s, _rest_stages(s))] for s in SETTINGS]
+        pipes = [edge] + [(s, _setting_stages(s)) for s in SETTINGS] + [(s, _rest_stages(s)) for s in SETTINGS]
+        groups = [[p] for p in pipes]
     else:
         groups = [[edge], [(s, _setting_stages(s) + _rest_stages(s)) for s in SETTINGS]]
     waiting: set[str | None] = set()   # None: the edge stage (every setting waits for it)
-    planned: list[Cell] = []
-    pending: list[str] = []
     for group in groups:
-        for level in range(max(len(stages) for _, stages in group)):
+        pos = {s: 0 for s, _ in group}
+        while True:
             batch = []
             for s, stages in group:
-                if level >= len(stages):
-                    continue
-                stage, what = stages[level]
-                nxt = None if (None in waiting or s in waiting) else stage(recs, base)
-                if nxt is None:
-                    waiting.add(s)
-                    pending.append(what)
-                else:
-                    batch += nxt
-            if batch:
-                planned += batch
-                recs.update(run(batch))
+                while pos[s] < len(stages):
+                    stage, what = stages[pos[s]]
+                    nxt = None if (None in waiting or s in waiting) else stage(recs, base)
+                    if nxt is None:   # the stage before it has not finished: so do all later ones
+                        waiting.add(s)
+                        pending += [w for _, w in stages[pos[s]:]]
+                        pos[s] = len(stages)
+                        break
+                    pos[s] += 1
+                    got = finished(nxt) if finished and nxt else {}
+                    recs.update(got)
+                    if any(c.id not in got for c in nxt):
+                        batch += nxt   # this setting's stage with work to do; its next stage waits for it
+                        break
+                    planned += nxt     # nothing left to do in it: on to the next stage of this setting
+            if not batch:
+                break
+            planned += batch
+            recs.update(run(batch))
     return planned, pending
 
 

@@ -306,12 +306,10 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
         bar.update(1)
 
     todo = []
+    ready = finished_cells([c for c in cells if c.id not in force], root, published)
     for c in cells:
-        rec = None if c.id in force else _read_done(c, root)
-        if rec is None and c.id not in force and published is not None:
-            rec = adopt_published(c, root, published)
-        if rec is not None:
-            finish(c, rec, True)
+        if c.id in ready:
+            finish(c, ready[c.id], True)
         else:
             todo.append(c)
     if jobs <= 1:
@@ -331,6 +329,17 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
                 finish(futs[f], f.result(), False)
     bar.close()
     return {c.id: out[c.id] for c in cells}
+
+
+def finished_cells(cells: list[Cell], root: Path, published: Path | None = None) -> dict[str, dict]:
+    """Records of the cells of ``cells`` finished under ``root`` or published under ``published`` (adopted into
+    ``root``, as ``run_plan`` does); nothing is run."""
+    out = {}
+    for c in cells:
+        rec = _read_done(c, root) or (adopt_published(c, root, published) if published is not None else None)
+        if rec is not None:
+            out[c.id] = rec
+    return out
 
 
 def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:

@@ -14,9 +14,11 @@ from danceopd.report.plan import (
     Cell,
     ablation_cells,
     choose_hparams,
+    curve_cells,
     curve_stage,
     edge_stage,
     extend_stage,
+    full_grid,
     full_plan_stage1,
     grid_cells,
     later_stage_ids,
@@ -214,6 +216,27 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
     assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
                        "setting A: the seeds at the budget",
                        "setting A: weight merging, the dense baselines and the ablations"]
+
+
+def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
+    """On a GPU (several jobs), a setting whose curves have finished runs its seeds in the same batch as the other
+    setting's curves; finished stages are skipped over (``finished``), and nothing already finished is rerun."""
+    recs = _finished(grid_cells())
+    grid = full_grid({**recs, **_finished(edge_stage(recs))})
+    a_curves = [c for c in curve_cells(grid) if c.tags["setting"] == "A"]
+    done = {**_finished(edge_stage(recs)), **_finished(a_curves)}   # on disk / published, not yet loaded
+    got = []
+
+    def run(cells):
+        got.append(sorted((c.tags["setting"], "curve" if c.curve else "other") for c in cells))
+        assert not any(c.id in done for c in cells)
+        return _finished(cells)
+    run_later_stages(recs, 0, run, jobs=8, finished=lambda cells: {c.id: done[c.id] for c in cells if c.id in done})
+    first = got[0]
+    assert ("B", "curve") in first and ("A", "other") in first and ("A", "curve") not in first
+    assert sum(k == ("A", "other") for k in first) == 12   # A's seeds beside B's 4 curves
+    assert len(got) == 3 and ("A", "other") in got[1] and ("B", "other") in got[1]   # A's rest beside B's seeds
+    assert {k[0] for k in got[2]} == {"B"}                                           # then B's rest
 
 
 def test_runner_caches_resumes_and_forces(setup):
