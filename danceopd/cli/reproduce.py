@@ -45,6 +45,7 @@ def reproduce_cmd(
     from ..report.plan import full_plan_stage1, later_stage_ids, quick_plan, run_later_stages
     from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
     from ..report.runner import (
+        CellPool,
         Publisher,
         check_force,
         finished_cells,
@@ -79,14 +80,19 @@ def reproduce_cmd(
         if c.kind == "teacher" and c.model in teacher_map:
             c.model = teacher_map[c.model]
     publisher = Publisher(publish_dir, commit) if publish_dir else None
+    pool = None
     if report_only or park:
-        def run(cs):
+        def run(cs, priority=0):
             return load_done(cs, out)
     else:
-        def run(cs):  # the --force ids were checked above against every stage
+        # several jobs: one pool of workers for every stage and both settings' threads (run_later_stages)
+        pool = CellPool(jobs, out, teacher_map, publish_dir) if jobs > 1 else None
+
+        def run(cs, priority=0):  # the --force ids were checked above against every stage
             for c in cs:
                 c.teacher_runs = dict(teacher_map)
-            return run_plan(cs, out, teacher_map, force, check=False, publisher=publisher, jobs=jobs)
+            return run_plan(cs, out, teacher_map, force, check=False, publisher=publisher, jobs=jobs, pool=pool,
+                            priority=priority)
     recs = run(cells)
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
@@ -96,6 +102,8 @@ def reproduce_cmd(
         more, pending = run_later_stages(recs, seed, run, jobs, finished)
         planned += len(more)
         every += more
+    if pool is not None:
+        pool.close()
     if park:
         parked = publisher.park(every, out)
         typer.echo("parked: " + (", ".join(f"{c.id} at step {s}" for c, s in parked) or "nothing (no unfinished "

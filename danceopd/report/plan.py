@@ -322,45 +322,66 @@ def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1,
     batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), what the comparison needs
     comes first: setting A's curves, longer curves and seeds, then B's, and only then each setting's weight merge,
     dense baselines and ablations (the ablations and dense baselines are not needed for the verdict). With several
-    (a GPU) the settings advance side by side and each at its own pace: every batch holds each setting's next stage
-    that still has work, so one setting's seeds run beside the other's curves. ``finished(cells) -> {id: record}``
-    (the cells already finished or published; nothing is run) lets a setting skip over its finished stages; without
-    it every stage is handed to ``run``. Returns (every cell planned, what could not be planned yet: a stage waits
-    for the one before it to finish)."""
-    edge = (None, [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge")])
+    (a GPU) each setting advances in a thread of its own, at its own pace: a setting's next stage is handed over as
+    soon as its stage before has finished, as ``run(cells, priority)``: 0 for what the verdict needs (curves,
+    longer curves, seeds), 1 for the rest, so one setting's seeds overtake the other's ablations in a shared pool.
+    ``finished(cells) -> {id: record}`` (the cells already finished or published; nothing is run) lets a setting
+    skip over its finished stages; without it every stage is handed to ``run``. Returns (every cell planned, what
+    could not be planned yet: a stage waits for the one before it to finish)."""
+    import threading
+
+    lock = threading.RLock()   # planning reads ``recs`` while the other setting's thread adds to it
     planned: list[Cell] = []
-    pending: list[str] = []
-    if jobs == 1:
-        pipes = [edge] + [(s, _setting_stages(s)) for s in SETTINGS] + [(s, _rest_stages(s)) for s in SETTINGS]
-        groups = [[p] for p in pipes]
-    else:
-        groups = [[edge], [(s, _setting_stages(s) + _rest_stages(s)) for s in SETTINGS]]
+    pending: dict[str | None, list[str]] = {}
     waiting: set[str | None] = set()   # None: the edge stage (every setting waits for it)
-    for group in groups:
-        pos = {s: 0 for s, _ in group}
-        while True:
-            batch = []
-            for s, stages in group:
-                while pos[s] < len(stages):
-                    stage, what = stages[pos[s]]
-                    nxt = None if (None in waiting or s in waiting) else stage(recs, base)
-                    if nxt is None:   # the stage before it has not finished: so do all later ones
-                        waiting.add(s)
-                        pending += [w for _, w in stages[pos[s]:]]
-                        pos[s] = len(stages)
-                        break
-                    pos[s] += 1
-                    got = finished(nxt) if finished and nxt else {}
-                    recs.update(got)
-                    if any(c.id not in got for c in nxt):
-                        batch += nxt   # this setting's stage with work to do; its next stage waits for it
-                        break
-                    planned += nxt     # nothing left to do in it: on to the next stage of this setting
-            if not batch:
-                break
-            planned += batch
-            recs.update(run(batch))
-    return planned, pending
+
+    def advance(s: str | None, stages: list[tuple], call) -> None:
+        """Run the (stage, what, priority) of ``stages`` in order, each planned from the ones before."""
+        for i, (stage, _, priority) in enumerate(stages):
+            with lock:
+                nxt = None if (None in waiting or s in waiting) else stage(recs, base)
+                if nxt is None:   # the stage before it has not finished: so do all later ones
+                    waiting.add(s)
+                    pending.setdefault(s, []).extend(w for _, w, _ in stages[i:])
+                    return
+                got = finished(nxt) if finished and nxt else {}
+                recs.update(got)
+                planned.extend(nxt)
+            if any(c.id not in got for c in nxt):   # work to do: the next stage waits for it
+                done = call(nxt, priority)
+                with lock:
+                    recs.update(done)
+
+    def verdict(s):
+        return [(st, w, 0) for st, w in _setting_stages(s)]
+
+    def rest(s):
+        return [(st, w, 1) for st, w in _rest_stages(s)]
+
+    edge = [(edge_stage, "one learning rate past the grid's edge for methods whose best is at an edge", 0)]
+    if jobs == 1:
+        def call(cells, priority):
+            return run(cells)
+        for s, stages in [(None, edge), *((s, verdict(s)) for s in SETTINGS), *((s, rest(s)) for s in SETTINGS)]:
+            advance(s, stages, call)
+    else:
+        advance(None, edge, run)
+        errors: list[BaseException] = []
+
+        def pipe(s):
+            try:
+                advance(s, verdict(s) + rest(s), run)
+            except BaseException as e:   # raised again in the caller's thread
+                errors.append(e)
+        # daemon threads: an interrupted reproduce (Ctrl-C, a time limit) exits without waiting for them
+        threads = [threading.Thread(target=pipe, args=(s,), name=f"setting-{s}", daemon=True) for s in SETTINGS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    return planned, [w for s in (None, *SETTINGS) for w in pending.get(s, [])]
 
 
 def later_stage_ids(base: int = 0) -> set[str]:

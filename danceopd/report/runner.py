@@ -3,11 +3,15 @@ continued (distillation resumes from its latest good checkpoint, curve points al
 
 from __future__ import annotations
 
+import functools
+import heapq
+import itertools
 import json
 import os
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,10 @@ from .park import drop_parked, park, parked_dir, unpark
 
 
 def git_sha() -> str:
+    """The checkout's short commit; ``DANCEOPD_GIT_SHA`` names it where the tree travels without ``.git`` (a lent
+    GPU machine, ``scripts/gpu_full_preset.sh``)."""
+    if os.environ.get("DANCEOPD_GIT_SHA"):
+        return os.environ["DANCEOPD_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
@@ -36,6 +44,13 @@ def device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name() -> str:
+    """What the cell ran on, for its record: ``cpu``, or ``cuda (<GPU name>)``."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if device() == "cuda" else "cpu"
 
 
 def evaluate_model(model: str, suite: str, n: int | None, seed: int, out: Path | None = None, **sample_kw) -> dict:
@@ -74,7 +89,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         log(f"{cell.id}: resuming from its parked checkpoint (step {rec['parked_step']}, {rec['unparked_from']})")
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
-                  "git_sha": git_sha(), "machine": machine(), "wall_time_s": 0.0}
+                  "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}
     t0 = time.time()
     wall0 = rec.get("wall_time_s", 0.0)
     run_dir = d / "run"
@@ -278,18 +293,91 @@ def _tracked(path: Path) -> bool:
 def _cell_job(cell: Cell, root: Path, teacher_map: dict, force: bool, published: Path | None,
               threads: int) -> dict:
     """One cell in a worker process of ``run_plan(jobs > 1)``."""
+    import sys
+
     import torch
 
     torch.set_num_threads(threads)
+    print(f"{time.strftime('%H:%M:%S')} {cell.id}: started", file=sys.stderr, flush=True)
     return run_cell(cell, root, teacher_map, force=force, published=published, progress=False)
 
 
+class CellPool:
+    """``jobs`` worker processes shared by every caller (each setting's stages run in a thread of their own on a
+    GPU): ``submit(cell, priority)`` queues a cell and returns a future of its record; whenever a worker is free the
+    waiting cell of the lowest priority starts (first come first among equals). Cells are handed to the workers
+    one at a time, not queued in the executor, so a cell submitted later with a lower priority (a setting's seeds)
+    overtakes everything still waiting (the other setting's ablations). A cell of priority > 0 waits ``grace``
+    seconds before it may take a free worker: the settings' threads plan their first stages at about the same
+    moment, and the one that plans ablations first must not fill the workers before the other's curves arrive."""
+
+    def __init__(self, jobs: int, root: Path, teacher_map: dict[str, str], published: Path | None,
+                 grace: float = 5.0):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.jobs, self.args = jobs, (root, teacher_map, published, max(1, (os.cpu_count() or 2) // jobs))
+        self.executor = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+        self.grace = grace
+        self.lock = threading.RLock()   # re-entrant: a done-callback may run inside ``_fill``
+        self.waiting: list = []         # heap of (priority, order, not before (time), cell, force, future)
+        self.order = itertools.count()
+        self.running = 0
+
+    def submit(self, cell: Cell, priority: int = 0, force: bool = False):
+        from concurrent.futures import Future
+
+        fut = Future()
+        with self.lock:
+            due = time.monotonic() + self.grace if priority > 0 else 0.0
+            heapq.heappush(self.waiting, (priority, next(self.order), due, cell, force, fut))
+            self._fill()
+        return fut
+
+    def _fill(self) -> None:
+        with self.lock:
+            while self.running < self.jobs and self.waiting:
+                due = self.waiting[0][2]
+                if due > time.monotonic():   # the first waiting cell's grace is not over: look again then
+                    timer = threading.Timer(due - time.monotonic(), self._fill)
+                    timer.daemon = True
+                    timer.start()
+                    return
+                _, _, _, cell, force, fut = heapq.heappop(self.waiting)
+                self.running += 1
+                root, tmap, published, threads = self.args
+                try:
+                    job = self.executor.submit(_cell_job, cell, root, tmap, force, published, threads)
+                except RuntimeError:   # shut down (an interrupted run): the waiting cells stay unstarted
+                    return
+                job.add_done_callback(functools.partial(self._done, fut))
+
+    def _done(self, fut, job) -> None:
+        with self.lock:
+            self.running -= 1
+            self._fill()
+        if job.exception() is not None:
+            fut.set_exception(job.exception())
+        else:
+            fut.set_result(job.result())
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+_PUBLISH_LOCK = threading.Lock()   # cells of two settings may finish at once: one publish (and git commit) at a time
+
+
 def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None = None, force: list[str] = (),
-             log=print, check: bool = True, publisher: Publisher | None = None, jobs: int = 1) -> dict[str, dict]:
+             log=print, check: bool = True, publisher: Publisher | None = None, jobs: int = 1,
+             pool: CellPool | None = None, priority: int = 0) -> dict[str, dict]:
     """Run (or reuse) every cell; ``force`` ids are redone. ``check=False`` skips the ``--force`` check (the
     caller checked the ids against all stages; a stage redoes only its own forced cells). ``publisher``: called
     with each newly finished cell (published cells under its folder are reused). ``jobs > 1``: that many cells at
-    once in worker processes (each with cores / jobs torch threads; on a GPU all share it)."""
+    once in worker processes (each with cores / jobs torch threads; on a GPU all share it); ``pool``: the workers
+    shared with other callers (threads), this batch queued there with ``priority`` (lower goes first)."""
+
+    from concurrent.futures import as_completed
 
     from tqdm import tqdm
 
@@ -302,7 +390,8 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
     def finish(c: Cell, rec: dict, was_done: bool):
         out[c.id] = rec
         if publisher is not None and not was_done and "adopted_from" not in rec:
-            publisher(c, rec)
+            with _PUBLISH_LOCK:
+                publisher(c, rec)
         bar.update(1)
 
     todo = []
@@ -312,21 +401,23 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
             finish(c, ready[c.id], True)
         else:
             todo.append(c)
-    if jobs <= 1:
+    if jobs <= 1 and pool is None:
         for c in todo:
             bar.set_postfix_str(c.id)
             finish(c, run_cell(c, root, teacher_map or {}, force=c.id in force, log=log, published=published), False)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 2) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_cell_job, c, root, teacher_map or {}, c.id in force, published, threads): c
-                    for c in todo}
+    elif todo:
+        own = pool is None
+        pool = pool or CellPool(jobs, root, teacher_map or {}, published)
+        try:
+            futs = {pool.submit(c, priority, c.id in force): c for c in todo}
             for f in as_completed(futs):
+                rec = f.result()
                 bar.set_postfix_str(futs[f].id)
-                finish(futs[f], f.result(), False)
+                log(f"{time.strftime('%H:%M:%S')} {futs[f].id}: finished ({rec.get('wall_time_s', 0.0):.0f} s)")
+                finish(futs[f], rec, False)
+        finally:
+            if own:
+                pool.close()
     bar.close()
     return {c.id: out[c.id] for c in cells}
 

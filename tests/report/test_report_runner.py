@@ -1,7 +1,10 @@
 """Reproduction runner (cells cached by key, resumed, forced) and report generation, with tiny teachers and a
 stand-in scorer (the real suite is tested in tests/eval)."""
 
+import itertools
 import json
+import threading
+import time
 
 import pytest
 from tinycfg import make_tiny_teachers
@@ -195,8 +198,9 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
     def batches(jobs, fail=None):
         recs, got = _finished(grid_cells()), []
 
-        def run(cells):
+        def run(cells, priority=None):
             rest = all(c.tags["method"] not in MAIN_METHODS or "ablation" in c.tags for c in cells)
+            assert priority in (None, int(rest))   # several jobs: the verdict's stages go first in the pool
             got.append(sorted({c.tags.get("setting") for c in cells}) + ["rest" if rest else "main", len(cells)])
             return _finished([c for c in cells if c.id != fail])
         done, pending = run_later_stages(recs, 0, run, jobs)
@@ -208,9 +212,11 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
                                      ["A", "rest"], ["B", "rest"]] and not pending
     assert got[1][-1] == 4 and got[3][-1] == 4 and len(done) == sum(g[-1] for g in got)
     assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 3 + len(ablation_cells()) and got[6][-1] == 3
-    got, pending, _ = batches(2)
-    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "B", "main"], ["A", "B", "main"], ["A", "B", "rest"]]
-    assert got[1][-1] == 8
+    got, pending, _ = batches(2)   # each setting in a thread of its own: edge, then per setting in order
+    assert got[0][:-1] == ["A", "B", "main"] and not pending
+    for s in ("A", "B"):
+        mine = [g[1:] for g in got[1:] if g[0] == s]
+        assert mine[:2] == [["main", 4], ["main", 12]] and [m[0] for m in mine[2:]] == ["rest"]
     got, pending, _ = batches(1, fail="A/soft_mix/s0")   # A's seeds wait; B goes on
     assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["B", "main"], ["B", "main"], ["B", "rest"]]
     assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
@@ -227,16 +233,73 @@ def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
     done = {**_finished(edge_stage(recs)), **_finished(a_curves)}   # on disk / published, not yet loaded
     got = []
 
-    def run(cells):
-        got.append(sorted((c.tags["setting"], "curve" if c.curve else "other") for c in cells))
+    b_curves_done = threading.Event()
+
+    def run(cells, priority):
+        kinds = sorted({(c.tags["setting"], "curve" if c.curve else "other", priority) for c in cells})
         assert not any(c.id in done for c in cells)
+        if kinds == [("A", "other", 0)]:   # A's seeds are handed over while B's curves are still running
+            got.append(kinds)
+            assert not b_curves_done.is_set()
+        elif kinds == [("B", "curve", 0)]:
+            time.sleep(0.5)
+            got.append(kinds)
+            b_curves_done.set()
+        else:
+            got.append(kinds)
         return _finished(cells)
     run_later_stages(recs, 0, run, jobs=8, finished=lambda cells: {c.id: done[c.id] for c in cells if c.id in done})
-    first = got[0]
-    assert ("B", "curve") in first and ("A", "other") in first and ("A", "curve") not in first
-    assert sum(k == ("A", "other") for k in first) == 12   # A's seeds beside B's 4 curves
-    assert len(got) == 3 and ("A", "other") in got[1] and ("B", "other") in got[1]   # A's rest beside B's seeds
-    assert {k[0] for k in got[2]} == {"B"}                                           # then B's rest
+    assert got[0] == [("A", "other", 0)] and got[1] == [("A", "other", 1)]   # A's seeds, then A's rest (priority 1)
+    assert [("B", "curve", 0)] in got and [("B", "other", 0)] in got and [("B", "other", 1)] in got
+    assert got.index([("B", "curve", 0)]) < got.index([("B", "other", 0)]) < got.index([("B", "other", 1)])
+    assert len(got) == 5
+
+
+def test_the_pool_starts_the_waiting_cell_of_lowest_priority_first(tmp_path, monkeypatch):
+    """CellPool: cells are handed to the workers one at a time, so a cell submitted later with a lower priority
+    (a setting's seeds) starts before cells waiting with a higher one (the other setting's ablations)."""
+    import concurrent.futures as cf
+
+    started = []
+
+    class Inline:   # stands in for the process pool: runs a job when the test says so
+        def __init__(self):
+            self.jobs = []
+
+        def submit(self, fn, cell, *args):
+            started.append(cell.id)
+            f = cf.Future()
+            self.jobs.append(f)
+            return f
+
+    def make(grace):
+        pool = runner.CellPool.__new__(runner.CellPool)
+        pool.jobs, pool.args, pool.executor, pool.grace = 1, (tmp_path, {}, None, 1), Inline(), grace
+        pool.lock, pool.waiting, pool.order, pool.running = threading.RLock(), [], itertools.count(), 0
+        return pool
+
+    pool = make(0.0)
+    mk = [Cell(id=f"A/x/s{i}", kind="teacher", model="m") for i in range(3)]
+    futs = [pool.submit(mk[0], 1), pool.submit(mk[1], 1), pool.submit(mk[2], 0)]
+    assert started == ["A/x/s0"]                       # one worker: the first runs, the others wait
+    pool.executor.jobs[0].set_result({"id": "A/x/s0"})
+    assert started == ["A/x/s0", "A/x/s2"]             # priority 0 overtakes the earlier priority-1 cell
+    pool.executor.jobs[1].set_result({"id": "A/x/s2"})
+    pool.executor.jobs[2].set_exception(RuntimeError("boom"))
+    assert started == ["A/x/s0", "A/x/s2", "A/x/s1"] and futs[2].result() == {"id": "A/x/s2"}
+    with pytest.raises(RuntimeError, match="boom"):
+        futs[1].result()
+
+    # grace: an idle pool does not give its worker to a priority-1 cell at once; the curve that the other
+    # setting's thread hands over a moment later goes first, and the priority-1 cell still starts after it
+    started.clear()
+    pool = make(0.3)
+    late = pool.submit(Cell(id="A/ablation/s0", kind="teacher", model="m"), 1)
+    pool.submit(Cell(id="B/curve/s0", kind="teacher", model="m"), 0)
+    assert started == ["B/curve/s0"]
+    pool.executor.jobs[0].set_result({})
+    time.sleep(0.5)
+    assert started == ["B/curve/s0", "A/ablation/s0"] and not late.done()
 
 
 def test_runner_caches_resumes_and_forces(setup):
