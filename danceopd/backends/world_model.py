@@ -286,10 +286,10 @@ def widen_for_editing(parent: WorldUNet) -> WorldUNet:
     """A copy of ``parent`` with zero-initialized source-image channels: same outputs at step 0."""
     if parent.cfg.edit:
         raise ValueError("model already has source-image channels")
-    child = WorldUNet(replace(parent.cfg, edit=True))
     state = parent.state_dict()
     w = state["conv_in.weight"]
-    new_w = torch.zeros(w.shape[0], w.shape[1] + 4, *w.shape[2:], dtype=w.dtype)
+    child = WorldUNet(replace(parent.cfg, edit=True)).to(w.device)   # where the parent is (a teacher on a GPU)
+    new_w = torch.zeros(w.shape[0], w.shape[1] + 4, *w.shape[2:], dtype=w.dtype, device=w.device)
     new_w[:, : w.shape[1]] = w
     state["conv_in.weight"] = new_w
     child.load_state_dict(state)

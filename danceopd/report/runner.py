@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -408,16 +409,25 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
     elif todo:
         own = pool is None
         pool = pool or CellPool(jobs, root, teacher_map or {}, published)
+        failed: list[BaseException] = []
         try:
             futs = {pool.submit(c, priority, c.id in force): c for c in todo}
             for f in as_completed(futs):
+                c, when = futs[f], time.strftime('%H:%M:%S')
+                if f.exception() is not None:   # said at once, with the worker's traceback; the others go on
+                    err = f.exception()
+                    log(f"{when} {c.id}: FAILED\n" + "".join(traceback.format_exception(err)).rstrip())
+                    failed.append(err)
+                    continue
                 rec = f.result()
-                bar.set_postfix_str(futs[f].id)
-                log(f"{time.strftime('%H:%M:%S')} {futs[f].id}: finished ({rec.get('wall_time_s', 0.0):.0f} s)")
-                finish(futs[f], rec, False)
+                bar.set_postfix_str(c.id)
+                log(f"{when} {c.id}: finished ({rec.get('wall_time_s', 0.0):.0f} s)")
+                finish(c, rec, False)
         finally:
             if own:
                 pool.close()
+        if failed:   # the batch is incomplete: the stage after it must not be planned from it
+            raise failed[0]
     bar.close()
     return {c.id: out[c.id] for c in cells}
 

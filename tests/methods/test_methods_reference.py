@@ -614,3 +614,22 @@ def test_method_registry_flags():
     assert JointSFT.group_routes and DiffusionOPD.group_routes
     assert not any(METHODS[m].group_routes for m in ("danceopd", "offpolicy", "soft_mix", "flowopd"))
     assert WeightMerge.student_init == "merged" and DanceOPD.student_init is None
+
+
+def test_merging_a_widened_t2i_teacher_stays_on_the_teachers_device():
+    """Setting A's merged init widens the T2I teacher (zero source channels) and sums it with the edit teacher:
+    both on the teachers' device. Before, the widened copy was built on the CPU, so on a GPU the sum mixed devices
+    and every setting-A cell with the merged init failed at its first line (seen on an H200). The meta device
+    stands in for the GPU here: a tensor left on the CPU would show."""
+    from danceopd.backends.world_model import WorldNetConfig, WorldUNet, widen_for_editing
+
+    cfg = WorldNetConfig(vocab_size=20, channels=(8, 16), attn_levels=(1,), text_dim=16, text_layers=1, emb_dim=32)
+    t2i = WorldUNet(cfg).to("meta")
+    wide = widen_for_editing(t2i)
+    assert {p.device.type for p in wide.state_dict().values()} == {"meta"}
+    assert wide.conv_in.weight.shape[1] == t2i.conv_in.weight.shape[1] + 4
+    edit = WorldUNet(wide.cfg).to("meta")
+    merged = merge_state_dicts([wide.state_dict(), edit.state_dict()], [0.5, 0.5])
+    assert {v.device.type for v in merged.values()} == {"meta"}
+    mixed = merge_state_dicts([{"w": torch.zeros(2, device="meta")}, {"w": torch.ones(2)}], [1.0, 1.0])
+    assert mixed["w"].device.type == "meta"    # a state on another device joins the first's

@@ -578,3 +578,33 @@ def test_a_curve_extension_continues_its_cells_run(tmp_path):
     again = runner.run_plan([ext], tmp_path / "fresh", tmap, log=logs.append)[ext.id]
     assert any("training from step 0" in m for m in logs)
     assert again["scores"]["items"] == rec["scores"]["items"]
+
+
+def test_a_failed_cell_is_said_at_once_and_the_others_of_its_batch_still_finish(tmp_path):
+    """Several jobs: a cell that fails in its worker is logged with its traceback when it fails (not at the end of
+    the run, where a time limit may never let it show), the batch's other cells are still published, and the batch
+    then raises, so no stage is planned from an incomplete one."""
+    import concurrent.futures as cf
+
+    class Pool:
+        def submit(self, cell, priority, force):
+            f = cf.Future()
+            if cell.id.endswith("bad"):
+                f.set_exception(RuntimeError("Expected all tensors to be on the same device"))
+            else:
+                f.set_result({"id": cell.id, "status": "done", "wall_time_s": 1.0})
+            return f
+
+    published, logs = [], []
+
+    class Pub:
+        dest = None
+
+        def __call__(self, c, r):
+            published.append(c.id)
+    cells = [Cell(id="A/x/bad", kind="teacher", model="m"), Cell(id="A/x/good", kind="teacher", model="m")]
+    with pytest.raises(RuntimeError, match="same device"):
+        runner.run_plan(cells, tmp_path, {}, log=logs.append, publisher=Pub(), jobs=2, pool=Pool())
+    assert published == ["A/x/good"]
+    bad = next(m for m in logs if "A/x/bad" in m)
+    assert "FAILED" in bad and "RuntimeError: Expected all tensors" in bad
