@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The full preset on a lent GPU machine (the `device` tool: one command, at most 10 minutes), continuing from the
-# cells already published in results/full: every cell that finishes inside LIMIT seconds is published there, the
+# cells already published in results/full: every cell that finishes inside its BUDGET is published there, the
 # cells still running at the limit are parked (their newest checkpoint, resumable on any machine), and what this
 # run added comes back as archives to unpack and commit here:
 #
-#   device run:  bash scripts/gpu_full_preset.sh     (LIMIT=500 s, JOBS=8 cells at once; nothing to install: the
-#                                                    machine's image has torch and every dependency)
+#   device run:  DANCEOPD_GIT_SHA=<short sha of this checkout> bash scripts/gpu_full_preset.sh   (timeout_s 600)
+#                BUDGET=560 s for the whole script (smoke, run, park, archives), JOBS=8 cells at once; nothing to
+#                install: the machine's image has torch and every dependency
 #   afterwards:  for f in <files_at>/*.tgz; do tar xzf $f; done && git add results/full && git commit -m "results: GPU cells"
 #
 # Each setting advances in its own thread (a setting's seeds start as soon as its curves are in) and the cells the
 # verdict needs (curves, seeds) take a free worker before the ablations and dense baselines (runner.CellPool).
-# To try the script on the CPU: DEVICE=cpu LIMIT=60 JOBS=2 OUT=/tmp/o bash scripts/gpu_full_preset.sh
+# To try the script on the CPU: DEVICE=cpu BUDGET=200 SMOKE_STEPS=3 JOBS=2 OUT=/tmp/o bash scripts/gpu_full_preset.sh
 set -u
-LIMIT=${LIMIT:-500}
+start=$(date +%s)
+BUDGET=${BUDGET:-560}   # seconds for the whole script: keep it under the device call's timeout_s, or the archives
+                        # are never written (the reproduce run gets what the smoke leaves, less RESERVE)
+RESERVE=${RESERVE:-75}  # the reproduce run's interrupt grace (30 s), parking and archiving
 JOBS=${JOBS:-8}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
@@ -44,6 +48,9 @@ print(device(), json.dumps(sc)[:300])" > "$OUT/smoke_eval.log" 2>&1 \
   || { echo "SMOKE FAILED: eval"; tail -25 "$OUT/smoke_eval.log"; exit 1; }
 echo "smoke: eval n=8 on $(tr '\r' '\n' < "$OUT/smoke_eval.log" | grep -E '^(cpu|cuda) ' | cut -c1-160) in $(( ($(date +%s%N) - s0) / 1000000 )) ms"
 t0=$(date +%s)
+LIMIT=$(( BUDGET - (t0 - start) - RESERVE ))
+[ "$LIMIT" -ge 30 ] || { echo "no time left for the run after the smoke (BUDGET=$BUDGET s)"; exit 1; }
+echo "reproduce: $LIMIT s (the script's budget $BUDGET s, $((t0 - start)) s spent, $RESERVE s kept for the end)"
 timeout -k 30 --signal=INT "$LIMIT" $PY -m danceopd.cli reproduce --preset full --out /tmp/danceopd_full --seed 0 \
   --publish results/full --device "$DEVICE" --jobs "$JOBS" > "$OUT/reproduce.log" 2>&1
 echo "reproduce exit status $? after $(( $(date +%s) - t0 )) s (124/130: stopped at the ${LIMIT} s limit)"
