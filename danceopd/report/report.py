@@ -452,9 +452,11 @@ def provenance(recs) -> str:
     rows = []
     for cid in sorted(recs):
         r = recs[cid]
-        rows.append([cid, f"`{r.get('command', '')}`", r.get("git_sha", ""), f"{r.get('wall_time_s', 0) / 60:.1f}"])
+        rows.append([cid, f"`{r.get('command', '')}`", r.get("git_sha", ""), f"{r.get('wall_time_s', 0) / 60:.1f}",
+                     r.get("device", "cpu")])   # records before the device was kept ran on CPUs
     machines = sorted({r.get("machine", "") for r in recs.values()})
-    return _table(["cell", "command", "git SHA", "wall min"], rows) + "\n\nMachine(s): " + "; ".join(machines)
+    return (_table(["cell", "command", "git SHA", "wall min", "device"], rows) + "\n\nMachine(s): "
+            + "; ".join(machines))
 
 
 def write_report(recs: dict[str, dict], out: Path, title: str, command: str, planned: int | None = None,

@@ -91,6 +91,9 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
                   "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}
+    here = device_name()
+    if not rec.get("device", here).endswith(here):   # resumed elsewhere (a cell parked on a GPU, finished on a CPU)
+        rec["device"] = f"{rec.get('device', 'cpu')}, then {here}"
     t0 = time.time()
     wall0 = rec.get("wall_time_s", 0.0)
     run_dir = d / "run"

@@ -71,11 +71,15 @@ def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, 
     from danceopd.report.park import unpark
     assert unpark(other, tmp_path / "o" / "cells" / _cell().dirname, pub.dest) is None
 
-    # machine 2: nothing of the cell in its run folder -> resumes the parked checkpoint, same student
+    # machine 2: nothing of the cell in its run folder -> resumes the parked checkpoint, same student; the parked
+    # part ran on a GPU (as on a lent machine): the record names both devices
+    rec["device"] = "cuda (NVIDIA H200)"
+    (p / "cell.json").write_text(json.dumps(rec))
     logs = []
     rec2 = runner.run_plan([_cell()], tmp_path / "m2", tmap, publisher=pub, log=logs.append)[_cell().id]
     assert any("parked checkpoint (step 2" in m for m in logs)
     assert [q["step"] for q in rec2["curve"]] == [1, 2]
+    assert rec2["device"] == "cuda (NVIDIA H200), then cpu" and rec["device"] != runner.device_name()
     assert rec2["scores"]["items"] == straight["scores"]["items"]
     assert [q["test"]["items"] for q in rec2["curve"]] == [q["test"]["items"] for q in straight["curve"]]
     for k in ("gedit", "geneval", "lpips"):                  # the point scored on machine 1, kept
