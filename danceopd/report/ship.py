@@ -91,7 +91,8 @@ def ship_students(results: Path, dest: Path | None = None, settings: tuple[str, 
             shutil.copyfile(w, tmp)
         out[name] = {"setting": s, "method": m, "seed": 0, "steps": rec.get("steps"), "lr": rec["tags"].get("lr"),
                      "sample_scale": rec["tags"].get("sample_scale"), "cell": rec["id"], "key": rec["key"],
-                     "command": rec.get("command"), "git_sha": rec.get("git_sha"), "sha256": sha256(target),
+                     "command": rec.get("command"), "git_sha": rec.get("git_sha"),
+                     "device": rec.get("device", "cpu"), "machine": rec.get("machine"), "sha256": sha256(target),
                      "bytes": target.stat().st_size, "dtype": "float16",
                      "scores": {k: v for k, v in rec["scores"].items() if k != "items"},
                      "curve": [{"step": p["step"], "scores": p["scores"]} for p in rec["curve"]]}
