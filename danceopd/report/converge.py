@@ -8,7 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import CONVERGE_STEPS, EDGE_FACTOR, EXTEND_STEPS, LR_GRID, SCALE_GRID, VAL_SEED, choose_hparams
+from .plan import (
+    CONVERGE_STEPS,
+    EDGE_FACTOR,
+    EXTEND_STEPS,
+    LR_GRID,
+    SCALE_GRID,
+    SEEDS_BEST,
+    SEEDS_OTHER,
+    VAL_SEED,
+    choose_hparams,
+)
 from .plateau import (
     MAIN_METHODS,
     PLATEAU_TOL,
@@ -19,6 +29,7 @@ from .plateau import (
     plateau_step,
     strongest_baseline,
 )
+from .plateau import plateaus as curve_plateaus
 from .stats import paired_bootstrap
 
 __all__ = ["at_budget", "convergence_section", "pairs_table", "plateau_step", "verdict"]
@@ -170,8 +181,11 @@ def curves(recs, figdir: Path) -> tuple[str | None, dict]:
         if seed0:
             b = budget(seed0, setting)
             rising = [m for (s, m), p in plateaus.items() if s == setting and p is None]
+            done = b >= EXTEND_STEPS
             why = (f"still rising at {b}: {', '.join(rising)} (the budget is the last step every curve reached; "
-                   f"curves still rising at {CONVERGE_STEPS} were continued to {EXTEND_STEPS})"
+                   f"curves still rising at {CONVERGE_STEPS} "
+                   + (f"were continued to {EXTEND_STEPS})" if done else
+                      f"are being continued to {EXTEND_STEPS}: provisional until they finish)")
                    if rising else "the first curve point at or after every plateau")
             md.append(f"\nSetting {setting}: budget **{b} steps** ({why}).")
     return "\n".join(md), plateaus
@@ -182,6 +196,13 @@ def _fmt(vals, d=2):
     if not vals:
         return "—"
     return f"{vals[0]:.{d}f}" if len(vals) == 1 else f"{np.mean(vals):.{d}f} ± {np.std(vals, ddof=1):.{d}f}"
+
+
+def _where(recs) -> str:
+    """`` (GPU)`` / `` (GPU and CPU)`` after a seconds-per-step figure measured (partly) on a GPU: those are not
+    comparable with the 2-core CPU figures beside them."""
+    devices = " ".join(r.get("device", "cpu") for r in recs)   # e.g. "cuda (NVIDIA H200), then cpu"
+    return "" if "cuda" not in devices else " (GPU and CPU)" if "cpu" in devices else " (GPU)"
 
 
 def results(recs, setting, b) -> str | None:
@@ -199,7 +220,7 @@ def results(recs, setting, b) -> str | None:
         rows.append(f"| {m} | {len(scs)} | {_fmt(ov)} | {_fmt([(s.get('gedit') or {}).get('avg', {}).get('o') for s in scs])} | "
                     f"{_fmt([(s.get('geneval') or {}).get('overall') for s in scs])} | "
                     f"{_fmt([p.get('local_edit') for p in pres])} | {_fmt([p.get('global_edit') for p in pres])} | "
-                    f"{_fmt([r.get('sec_per_step') for r in by_seed.values()])} |")
+                    f"{_fmt([r.get('sec_per_step') for r in by_seed.values()])}{_where(by_seed.values())} |")
     if not rows:
         return None
     md = ["| method | seeds | overall ↑ | GEdit O ↑ | GenEval ↑ | preservation local ↑ | preservation global ↑ | "
@@ -209,9 +230,11 @@ def results(recs, setting, b) -> str | None:
         md.append(f"\nDanceOPD − {v['best']}: {v['mean_diff']:+.2f} ({v['gain']:+.1f}%; paper "
                   f"{PAPER_GAIN[setting]:+.1f}%); no interval (no per-item scores on shared seeds).")
     elif v is not None:
+        if v["provisional"]:
+            md.append("\n**Provisional, not the protocol's verdict yet**: " + "; ".join(v["provisional"]) + ".")
         md.append(f"\n**DanceOPD − best baseline ({v['best']}): {v['diff']:+.2f} overall, 95% CI "
                   f"[{v['lo']:+.2f}, {v['hi']:+.2f}] over seeds {v['seeds']} and evaluation items → "
-                  f"{v['verdict'].upper()}** (relative {v['gain']:+.1f}%; the paper reports "
+                  f"{v['verdict'].upper()}{' so far' if v['provisional'] else ''}** (relative {v['gain']:+.1f}%; the paper reports "
                   f"{PAPER_GAIN[setting]:+.1f}% in setting {setting}). The best baseline is the strongest one on "
                   "validation at the budget, chosen before its extra seeds ran; against every main baseline:")
         md.append("\n" + pairs_table(v))
@@ -245,7 +268,26 @@ def verdict(recs, setting, b=None) -> dict | None:
     pairs = {m: paired_bootstrap(items("danceopd"), items(m), setting) for m in base}
     gain = (means["danceopd"] - means[best]) / max(abs(means[best]), 1e-9) * 100
     return {**pairs[best], "best": best, "means": means, "mean_diff": means["danceopd"] - means[best], "gain": gain,
-            "budget": b, "pairs": pairs}
+            "budget": b, "pairs": pairs, "provisional": provisional(seed0, setting, runs, best)}
+
+
+def provisional(seed0, setting, runs: dict[str, dict], best: str) -> list[str]:
+    """Why a setting's comparison is not the protocol's final one yet ([] when it is): a seed-0 curve still rising
+    whose continuation to EXTEND_STEPS has not finished (the budget may move), or fewer seeds than the protocol
+    runs (SEEDS_BEST for DanceOPD and the strongest baseline, SEEDS_OTHER for the others)."""
+    why = []
+    if seed0:
+        ends = {r["tags"]["method"]: max(p["step"] for p in r["curve"])
+                for r in longest_curves(seed0).values() if r["tags"].get("setting") == setting}
+        rising = [m for m, st in curve_plateaus(seed0, setting).items() if st is None and ends.get(m, 0) < EXTEND_STEPS]
+        if rising:
+            why.append(f"{', '.join(rising)} still rising at {max(ends.values())} steps: the curves continue to "
+                       f"{EXTEND_STEPS} and the budget may move")
+    short = [f"{m} {len(rs)} of {n}" for m, rs in runs.items()
+             if len(rs) < (n := SEEDS_BEST if m in ("danceopd", best) else SEEDS_OTHER)]
+    if short:
+        why.append("seeds so far: " + ", ".join(short))
+    return why
 
 
 def pairs_table(v: dict) -> str:

@@ -362,10 +362,13 @@ def reading(recs, overall_a, overall_b, comp_vals) -> str:
         if v is not None and v["diff"] is not None:   # at convergence: the interval decides, not the means
             said = {"win": "agrees with", "tie": "can neither confirm nor refute",
                     "loss": "does NOT agree with"}[v["verdict"]]
+            said = (f"the world {said} the paper's claim that DanceOPD beats the best baseline" if not v["provisional"]
+                    else "provisional (" + "; ".join(v["provisional"]) + "): whether the world agrees with the "
+                    "paper waits for them")
             lines.append(f"- Setting {s} at the budget ({v['budget']} steps): DanceOPD − {v['best']} "
                          f"{v['diff']:+.2f} overall, 95% CI [{v['lo']:+.2f}, {v['hi']:+.2f}] → {v['verdict'].upper()}"
-                         f" ({v['gain']:+.1f}% vs the paper's {PAPER_GAIN[s]:+.1f}%): the world {said} the paper's "
-                         "claim that DanceOPD beats the best baseline.")
+                         f"{' so far' if v['provisional'] else ''} ({v['gain']:+.1f}% vs the paper's "
+                         f"{PAPER_GAIN[s]:+.1f}%): {said}.")
             each = [f"{p['verdict']} vs {m}" for m, p in v["pairs"].items() if p["diff"] is not None]
             if len(each) > 1:
                 lines.append(f"  Against every main baseline at the budget: {', '.join(each)}.")
