@@ -10,7 +10,7 @@
 #   afterwards:  for f in <files_at>/*.tgz; do tar xzf $f; done && git add results/full && git commit -m "results: GPU cells"
 #
 # Each setting advances in its own thread (a setting's seeds start as soon as its curves are in) and the cells the
-# verdict needs (curves, seeds) take a free worker before the ablations and dense baselines (runner.CellPool).
+# verdict needs (curves, seeds) take a free worker before the ablations and dense baselines (report/pool.py).
 # To try the script on the CPU: DEVICE=cpu BUDGET=200 SMOKE_STEPS=3 JOBS=2 OUT=/tmp/o bash scripts/gpu_full_preset.sh
 set -u
 start=$(date +%s)

@@ -43,17 +43,9 @@ def reproduce_cmd(
     from ..report import ship
     from ..report.links import link_runs
     from ..report.plan import full_plan_stage1, later_stage_ids, quick_plan, run_later_stages
+    from ..report.publish import Publisher, publish
     from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
-    from ..report.runner import (
-        CellPool,
-        Publisher,
-        check_force,
-        finished_cells,
-        load_done,
-        publish,
-        run_plan,
-        train_teachers,
-    )
+    from ..report.runner import cell_pool, check_force, finished_cells, load_done, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
@@ -86,7 +78,7 @@ def reproduce_cmd(
             return load_done(cs, out)
     else:
         # several jobs: one pool of workers for every stage and both settings' threads (run_later_stages)
-        pool = CellPool(jobs, out, teacher_map, publish_dir) if jobs > 1 else None
+        pool = cell_pool(jobs, out, teacher_map, publish_dir) if jobs > 1 else None
 
         def run(cs, priority=0):  # the --force ids were checked above against every stage
             for c in cs:

@@ -3,9 +3,6 @@ continued (distillation resumes from its latest good checkpoint, curve points al
 
 from __future__ import annotations
 
-import functools
-import heapq
-import itertools
 import json
 import os
 import platform
@@ -14,14 +11,15 @@ import subprocess
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
 from .cell import CONFIG_DIR, Cell
-from .park import drop_parked, park, parked_dir, unpark
+from .park import unpark
+from .pool import PriorityPool
+from .publish import Publisher, adopt_published, read_done
 
 
 def git_sha() -> str:
@@ -82,7 +80,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     rec_path = d / "cell.json"
     if force and d.exists():
         shutil.rmtree(d)
-    done = _read_done(cell, root) or (None if force or published is None else adopt_published(cell, root, published))
+    done = read_done(cell, root) or (None if force or published is None else adopt_published(cell, root, published))
     if done:
         return done
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
@@ -185,75 +183,6 @@ def _train_wall(run_dir: Path) -> float | None:
 
 
 # ---- published cells: records (and the weights the report needs) kept in the repository ------------------------
-def published_paths(cell: Cell, dest: Path) -> tuple[Path, Path]:
-    """(record, fp16 student weights) of ``cell`` under a publish folder."""
-    return dest / "cells" / f"{cell.dirname}.json", dest / "students" / f"{cell.dirname}.safetensors"
-
-
-def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]:
-    """Copy a finished cell's record (and, with ``weights``, its student in fp16) to ``dest``; returns the paths
-    written. Each file is replaced atomically."""
-    rec_dst, w_dst = published_paths(cell, dest)
-    out = [rec_dst]
-    rec_dst.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(rec_dst, rec)
-    src = Path(rec.get("model") or "")
-    if weights and cell.kind == "distill" and src.is_file():
-        import torch
-
-        from ..backends.registry import load_backend
-        from ..backends.world import save_world_model
-
-        be = load_backend(str(src))
-        w_dst.parent.mkdir(parents=True, exist_ok=True)
-        save_world_model(be.net, be.tokenizer, w_dst, be.sampling, dtype=torch.float16,
-                         meta={"cell": cell.id, "key": cell.key(), "source": "fp16 copy of the cell's student"})
-        out.append(w_dst)
-    return out
-
-
-def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
-    """A published finished record of ``cell`` (same key), copied into ``root`` so the run reuses it; its student
-    (when published) becomes the cell's model. None when ``dest`` has no such record."""
-    rec_src, w_src = published_paths(cell, dest)
-    if not rec_src.is_file():
-        return None
-    rec = json.loads(rec_src.read_text())
-    if rec.get("status") != "done" or rec.get("key") != cell.key():
-        return None
-    d = root / "cells" / cell.dirname
-    if w_src.is_file():
-        with atomic_path(d / "run" / "model.safetensors") as tmp:
-            shutil.copyfile(w_src, tmp)
-        rec["model"] = str(d / "run" / "model.safetensors")
-    elif cell.kind == "distill":
-        rec["model"] = None          # scores only: the student itself was not published
-    rec["adopted_from"] = str(rec_src)
-    d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / "cell.json", rec)
-    return _read_done(cell, root)
-
-
-def git_commit(paths: list[Path], message: str) -> None:
-    """Commit exactly ``paths`` (nothing else staged is included); retried while another git holds the lock."""
-    paths = [Path(p).resolve() for p in paths]
-    repo = paths[0].parent   # git runs in the repository that holds the published files
-    for attempt in range(20):
-        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True, cwd=repo)
-        if add.returncode == 0:
-            res = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
-                                 capture_output=True, text=True, cwd=repo)
-            if res.returncode == 0 or "nothing to commit" in res.stdout + res.stderr:
-                return
-            err = res.stderr
-        else:
-            err = add.stderr
-        if "index.lock" not in err:
-            raise UserError(f"git commit of {paths[0]} failed: {err.strip()[:200]}")
-        time.sleep(1 + attempt)
-    raise UserError(f"git commit of {paths[0]} failed: the git index stayed locked")
-
-
 def check_force(force, ids) -> None:
     """Every ``--force`` id must name a cell of the plan (checked before any work starts)."""
     for f in force:
@@ -261,40 +190,7 @@ def check_force(force, ids) -> None:
             raise UserError(f"--force {f!r}: no such cell; cells: {', '.join(sorted(ids))}")
 
 
-@dataclass
-class Publisher:
-    """Where finished cells go as they finish: ``dest`` (e.g. results/full) gets each record, and the fp16 student
-    of cells with curves (the ones the report draws); ``commit`` commits those files at once, so a lost machine
-    costs at most the cells that were running."""
-
-    dest: Path
-    commit: bool = False
-
-    def __call__(self, cell: Cell, rec: dict) -> None:
-        paths = publish_cell(cell, rec, self.dest, weights=bool(cell.curve))
-        parked = parked_dir(cell, self.dest)
-        tracked = self.commit and parked.exists() and _tracked(parked)
-        if drop_parked(cell, self.dest) and tracked:   # finished: its parked checkpoint goes in the same commit
-            paths.append(parked)
-        if self.commit:
-            git_commit(paths, f"results: cell {cell.id} ({cell.key()})")
-
-    def park(self, cells: list[Cell], root: Path) -> list[tuple[Cell, int]]:
-        """Park the unfinished cells of ``cells`` (see ``park.py``); with ``commit``, one commit of them all."""
-        parked = park(cells, root, self.dest)
-        if parked and self.commit:
-            git_commit([parked_dir(c, self.dest) for c, _ in parked],
-                       "results: park " + ", ".join(f"{c.id} at step {s}" for c, s in parked))
-        return parked
-
-
-def _tracked(path: Path) -> bool:
-    res = subprocess.run(["git", "ls-files", "--", str(path.resolve())], capture_output=True, text=True,
-                         cwd=path.resolve().parent)
-    return res.returncode == 0 and bool(res.stdout.strip())
-
-
-def _cell_job(cell: Cell, root: Path, teacher_map: dict, force: bool, published: Path | None,
+def _cell_job(cell: Cell, force: bool, root: Path, teacher_map: dict, published: Path | None,
               threads: int) -> dict:
     """One cell in a worker process of ``run_plan(jobs > 1)``."""
     import sys
@@ -306,67 +202,14 @@ def _cell_job(cell: Cell, root: Path, teacher_map: dict, force: bool, published:
     return run_cell(cell, root, teacher_map, force=force, published=published, progress=False)
 
 
-class CellPool:
-    """``jobs`` worker processes shared by every caller (each setting's stages run in a thread of their own on a
-    GPU): ``submit(cell, priority)`` queues a cell and returns a future of its record; whenever a worker is free the
-    waiting cell of the lowest priority starts (first come first among equals). Cells are handed to the workers
-    one at a time, not queued in the executor, so a cell submitted later with a lower priority (a setting's seeds)
-    overtakes everything still waiting (the other setting's ablations). A cell of priority > 0 waits ``grace``
-    seconds before it may take a free worker: the settings' threads plan their first stages at about the same
-    moment, and the one that plans ablations first must not fill the workers before the other's curves arrive."""
+def cell_pool(jobs: int, root: Path, teacher_map: dict[str, str], published: Path | None) -> PriorityPool:
+    """``jobs`` worker processes that run cells (``run_cell``) for every caller, by priority (``pool.py``)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-    def __init__(self, jobs: int, root: Path, teacher_map: dict[str, str], published: Path | None,
-                 grace: float = 5.0):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.jobs, self.args = jobs, (root, teacher_map, published, max(1, (os.cpu_count() or 2) // jobs))
-        self.executor = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
-        self.grace = grace
-        self.lock = threading.RLock()   # re-entrant: a done-callback may run inside ``_fill``
-        self.waiting: list = []         # heap of (priority, order, not before (time), cell, force, future)
-        self.order = itertools.count()
-        self.running = 0
-
-    def submit(self, cell: Cell, priority: int = 0, force: bool = False):
-        from concurrent.futures import Future
-
-        fut = Future()
-        with self.lock:
-            due = time.monotonic() + self.grace if priority > 0 else 0.0
-            heapq.heappush(self.waiting, (priority, next(self.order), due, cell, force, fut))
-            self._fill()
-        return fut
-
-    def _fill(self) -> None:
-        with self.lock:
-            while self.running < self.jobs and self.waiting:
-                due = self.waiting[0][2]
-                if due > time.monotonic():   # the first waiting cell's grace is not over: look again then
-                    timer = threading.Timer(due - time.monotonic(), self._fill)
-                    timer.daemon = True
-                    timer.start()
-                    return
-                _, _, _, cell, force, fut = heapq.heappop(self.waiting)
-                self.running += 1
-                root, tmap, published, threads = self.args
-                try:
-                    job = self.executor.submit(_cell_job, cell, root, tmap, force, published, threads)
-                except RuntimeError:   # shut down (an interrupted run): the waiting cells stay unstarted
-                    return
-                job.add_done_callback(functools.partial(self._done, fut))
-
-    def _done(self, fut, job) -> None:
-        with self.lock:
-            self.running -= 1
-            self._fill()
-        if job.exception() is not None:
-            fut.set_exception(job.exception())
-        else:
-            fut.set_result(job.result())
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    return PriorityPool(jobs, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")), _cell_job,
+                        (root, teacher_map, published, threads))
 
 
 _PUBLISH_LOCK = threading.Lock()   # cells of two settings may finish at once: one publish (and git commit) at a time
@@ -374,7 +217,7 @@ _PUBLISH_LOCK = threading.Lock()   # cells of two settings may finish at once: o
 
 def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None = None, force: list[str] = (),
              log=print, check: bool = True, publisher: Publisher | None = None, jobs: int = 1,
-             pool: CellPool | None = None, priority: int = 0) -> dict[str, dict]:
+             pool: PriorityPool | None = None, priority: int = 0) -> dict[str, dict]:
     """Run (or reuse) every cell; ``force`` ids are redone. ``check=False`` skips the ``--force`` check (the
     caller checked the ids against all stages; a stage redoes only its own forced cells). ``publisher``: called
     with each newly finished cell (published cells under its folder are reused). ``jobs > 1``: that many cells at
@@ -411,7 +254,7 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
             finish(c, run_cell(c, root, teacher_map or {}, force=c.id in force, log=log, published=published), False)
     elif todo:
         own = pool is None
-        pool = pool or CellPool(jobs, root, teacher_map or {}, published)
+        pool = pool or cell_pool(jobs, root, teacher_map or {}, published)
         failed: list[BaseException] = []
         try:
             futs = {pool.submit(c, priority, c.id in force): c for c in todo}
@@ -440,7 +283,7 @@ def finished_cells(cells: list[Cell], root: Path, published: Path | None = None)
     ``root``, as ``run_plan`` does); nothing is run."""
     out = {}
     for c in cells:
-        rec = _read_done(c, root) or (adopt_published(c, root, published) if published is not None else None)
+        rec = read_done(c, root) or (adopt_published(c, root, published) if published is not None else None)
         if rec is not None:
             out[c.id] = rec
     return out
@@ -448,36 +291,7 @@ def finished_cells(cells: list[Cell], root: Path, published: Path | None = None)
 
 def load_done(cells: list[Cell], root: Path) -> dict[str, dict]:
     """Records of the cells of ``cells`` that have finished under ``root`` (nothing is run)."""
-    return {c.id: rec for c in cells if (rec := _read_done(c, root))}
-
-
-def _read_done(cell: Cell, root: Path) -> dict | None:
-    """The record of ``cell`` if it has finished under ``root``, else None."""
-    p = root / "cells" / cell.dirname / "cell.json"
-    rec = json.loads(p.read_text()) if p.exists() else None
-    if not rec or rec.get("status") != "done":
-        return None
-    rec["tags"] = cell.tags  # labels are not part of the key: the plan's current labels win
-    return rec
-
-
-def publish(root: Path, dest: Path) -> None:
-    """Copy the report (md, html, figures) and every finished cell's record (scores, command, SHA, wall time; no
-    weights) from ``root`` to ``dest``, except records adopted from ``dest`` itself (they are there already, with
-    their own model path); files are replaced one by one atomically, nothing else in ``dest`` is touched."""
-    dest.mkdir(parents=True, exist_ok=True)
-    items = [(root / "report.md", dest / "report.md"), (root / "report.html", dest / "report.html")]
-    items += [(f, dest / "figures" / f.name) for f in sorted((root / "figures").glob("*.png"))]
-    for f in sorted((root / "cells").glob("*/cell.json")):
-        dst = dest / "cells" / f"{f.parent.name}.json"
-        rec = json.loads(f.read_text(encoding="utf-8"))
-        adopted = rec.get("adopted_from")
-        if rec.get("status") == "done" and not (adopted and dst.is_file()
-                                                and Path(adopted).resolve() == dst.resolve()):
-            items.append((f, dst))   # not a running cell's; a record adopted from this very file stays as it is
-    for src, dst in items:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+    return {c.id: rec for c in cells if (rec := read_done(c, root))}
 
 
 def train_teachers(root: Path, names=("t2i", "edit", "local_edit", "global_edit")) -> dict[str, str]:

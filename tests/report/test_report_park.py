@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from tinycfg import make_tiny_teachers
 
-from danceopd.report import runner
+from danceopd.report import publish, runner
 from danceopd.report.park import park, parked_dir
 from danceopd.report.plan import quick_plan
 
@@ -41,7 +41,7 @@ def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, 
     (repo / "README").write_text("x")
     _git(repo, "add", "README")
     _git(repo, "commit", "-qm", "init")
-    pub = runner.Publisher(repo / "results", commit=True)
+    pub = publish.Publisher(repo / "results", commit=True)
 
     # machine 1: interrupted while scoring step 2 (one curve point scored, checkpoint at step 2)
     real, calls = runner.evaluate_model, []

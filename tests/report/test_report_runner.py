@@ -1,7 +1,6 @@
 """Reproduction runner (cells cached by key, resumed, forced) and report generation, with tiny teachers and a
 stand-in scorer (the real suite is tested in tests/eval)."""
 
-import itertools
 import json
 import threading
 import time
@@ -10,7 +9,7 @@ import pytest
 from tinycfg import make_tiny_teachers
 
 from danceopd.errors import UserError
-from danceopd.report import runner
+from danceopd.report import publish, runner
 from danceopd.report.plan import (
     DENSE_COST,
     EXTEND_CURVE,
@@ -31,6 +30,7 @@ from danceopd.report.plan import (
     seed_stage,
 )
 from danceopd.report.plateau import MAIN_METHODS, budget, overall_quality
+from danceopd.report.pool import PriorityPool
 from danceopd.report.report import md_to_html, write_report
 
 
@@ -256,7 +256,7 @@ def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
 
 
 def test_the_pool_starts_the_waiting_cell_of_lowest_priority_first(tmp_path, monkeypatch):
-    """CellPool: cells are handed to the workers one at a time, so a cell submitted later with a lower priority
+    """PriorityPool: cells are handed to the workers one at a time, so a cell submitted later with a lower priority
     (a setting's seeds) starts before cells waiting with a higher one (the other setting's ablations)."""
     import concurrent.futures as cf
 
@@ -266,17 +266,14 @@ def test_the_pool_starts_the_waiting_cell_of_lowest_priority_first(tmp_path, mon
         def __init__(self):
             self.jobs = []
 
-        def submit(self, fn, cell, *args):
+        def submit(self, fn, cell, force, *args):
             started.append(cell.id)
             f = cf.Future()
             self.jobs.append(f)
             return f
 
     def make(grace):
-        pool = runner.CellPool.__new__(runner.CellPool)
-        pool.jobs, pool.args, pool.executor, pool.grace = 1, (tmp_path, {}, None, 1), Inline(), grace
-        pool.lock, pool.waiting, pool.order, pool.running = threading.RLock(), [], itertools.count(), 0
-        return pool
+        return PriorityPool(1, Inline(), job=None, grace=grace)
 
     pool = make(0.0)
     mk = [Cell(id=f"A/x/s{i}", kind="teacher", model="m") for i in range(3)]
@@ -378,7 +375,7 @@ def test_report_only_partial_and_publish(setup, tmp_path):
     dest = tmp_path / "pub"
     dest.mkdir()
     (dest / "KEEP.txt").write_text("mine")
-    runner.publish(root / "r", dest)
+    publish.publish(root / "r", dest)
     assert (dest / "report.md").read_text() == md and (dest / "KEEP.txt").read_text() == "mine"
     assert (dest / "figures" / "samples_A.png").exists()
     pub = sorted(p.name for p in (dest / "cells").iterdir())
@@ -476,11 +473,11 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
     root, tmap = setup
     cells = _tiny(quick_plan())
     cells[-1].curve = [1]                       # the DanceOPD cell: curve cell, so its student is published
-    pub = runner.Publisher(root / "pub")
+    pub = publish.Publisher(root / "pub")
     recs = runner.run_plan(cells, root / "r1", tmap, publisher=pub)
-    rec_p, w_p = runner.published_paths(cells[-1], root / "pub")
+    rec_p, w_p = publish.published_paths(cells[-1], root / "pub")
     assert rec_p.is_file() and w_p.is_file()
-    assert not runner.published_paths(cells[2], root / "pub")[1].exists()   # no curve: record only
+    assert not publish.published_paths(cells[2], root / "pub")[1].exists()   # no curve: record only
     from safetensors import safe_open
 
     with safe_open(str(w_p), "pt") as f:
@@ -498,12 +495,12 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
     running = root / "r2" / "cells" / "A__x__s0--0123" / "cell.json"   # a cell still training: not published
     running.parent.mkdir()
     running.write_text(json.dumps({"id": "A/x/s0", "curve": [{"step": 250}]}))
-    runner.publish(root / "r2", root / "pub")
+    publish.publish(root / "r2", root / "pub")
     assert rec_p.read_text() == before and not (root / "pub" / "cells" / "A__x__s0--0123.json").exists()
     # a published record whose key differs (another config) is not adopted
     other = _tiny(quick_plan())[-1]
     other.overrides.append("query.bias=mid_t")
-    assert runner.adopt_published(other, root / "r3", root / "pub") is None
+    assert publish.adopt_published(other, root / "r3", root / "pub") is None
 
 
 def test_curve_cells_score_each_point_on_the_test_seed_as_a_run_stopped_there(tmp_path):
