@@ -262,7 +262,10 @@ def run_plan(cells: list[Cell], root: Path, teacher_map: dict[str, str] | None =
                 c, when = futs[f], time.strftime('%H:%M:%S')
                 if f.exception() is not None:   # said at once, with the worker's traceback; the others go on
                     err = f.exception()
-                    log(f"{when} {c.id}: FAILED\n" + "".join(traceback.format_exception(err)).rstrip())
+                    if isinstance(err, KeyboardInterrupt):   # Ctrl-C or a time limit: no failure, no traceback
+                        log(f"{when} {c.id}: interrupted")
+                    else:
+                        log(f"{when} {c.id}: FAILED\n" + "".join(traceback.format_exception(err)).rstrip())
                     failed.append(err)
                     continue
                 rec = f.result()

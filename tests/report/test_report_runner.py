@@ -588,6 +588,8 @@ def test_a_failed_cell_is_said_at_once_and_the_others_of_its_batch_still_finish(
             f = cf.Future()
             if cell.id.endswith("bad"):
                 f.set_exception(RuntimeError("Expected all tensors to be on the same device"))
+            elif cell.id.endswith("stop"):   # the time limit's SIGINT reached the worker
+                f.set_exception(KeyboardInterrupt())
             else:
                 f.set_result({"id": cell.id, "status": "done", "wall_time_s": 1.0})
             return f
@@ -605,3 +607,8 @@ def test_a_failed_cell_is_said_at_once_and_the_others_of_its_batch_still_finish(
     assert published == ["A/x/good"]
     bad = next(m for m in logs if "A/x/bad" in m)
     assert "FAILED" in bad and "RuntimeError: Expected all tensors" in bad
+    logs.clear()   # an interrupted cell is said as such, without a traceback, and the interrupt goes on
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_plan([Cell(id="A/x/stop", kind="teacher", model="m")], tmp_path, {}, log=logs.append,
+                        jobs=2, pool=Pool())
+    assert [m.split(" ", 1)[1] for m in logs] == ["A/x/stop: interrupted"]
