@@ -4,7 +4,8 @@ A full-preset cell can take hours on 2 cores, longer than what is left of a work
 that ran it may be gone by the next one. ``park`` copies, for each unfinished cell of the plan, what resuming
 needs (the newest verified checkpoint: weights, optimizer, scheduler and RNG states; the run config; the metrics
 log; the record with the curve points scored so far) to ``<publish>/parked/<cell folder>/``. ``unpark`` puts it
-back into a run folder that has nothing of that cell, and the cell continues where it stopped: resume is exact
+back into a run folder that has nothing of that cell or only an older checkpoint of it (a machine whose run was
+stopped before the cell went on elsewhere), and the cell continues where it stopped: resume is exact
 (tests/report/test_report_park.py), so the student it reaches is the one an uninterrupted run trains. A parked
 folder is used only under its cell's key (a changed computation never resumes stale state) and is deleted once
 the cell is published as finished. One parked checkpoint of a world student is ~11 MB (fp32 weights + Adam).
@@ -38,9 +39,9 @@ def park(cells: list[Cell], root: Path, dest: Path) -> list[tuple[Cell, int]]:
         if rec is not None and rec.get("status") == "done":
             continue
         ckpt = latest_good(d / "run")
-        if ckpt is None:
-            continue
         target = parked_dir(cell, dest)
+        if ckpt is None or _step(ckpt) <= parked_step(cell, dest):   # never replace a parked state by an older one
+            continue
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "run" / "checkpoints").mkdir(parents=True)
@@ -49,7 +50,7 @@ def park(cells: list[Cell], root: Path, dest: Path) -> list[tuple[Cell, int]]:
             if (d / "run" / f).is_file():
                 shutil.copyfile(d / "run" / f, tmp / "run" / f)
         rec = rec or {}
-        rec.update(id=cell.id, key=cell.key(), status="parked", parked_step=int(ckpt.name.split("-")[-1]))
+        rec.update(id=cell.id, key=cell.key(), status="parked", parked_step=_step(ckpt))
         (tmp / "cell.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
         old = target.with_name(target.name + ".old")
         if target.exists():
@@ -60,22 +61,43 @@ def park(cells: list[Cell], root: Path, dest: Path) -> list[tuple[Cell, int]]:
     return out
 
 
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[-1])
+
+
+def parked_step(cell: Cell, dest: Path | None) -> int:
+    """The step of ``cell``'s parked checkpoint under its current key; -1 when there is none."""
+    src = parked_dir(cell, dest) if dest is not None else None
+    if src is None or not (src / "cell.json").is_file():
+        return -1
+    rec = json.loads((src / "cell.json").read_text())
+    ckpt = latest_good(src / "run") if rec.get("key") == cell.key() else None
+    return -1 if ckpt is None else _step(ckpt)
+
+
 def unpark(cell: Cell, cell_dir: Path, dest: Path | None) -> dict | None:
-    """Restore the parked state of ``cell`` into ``cell_dir`` (which must hold no run of it yet); returns the
-    parked record (curve points so far) or None when there is none under this cell's key."""
-    if dest is None or (cell_dir / "run").exists() or (cell_dir / "cell.json").exists():
+    """Restore the parked state of ``cell`` into ``cell_dir`` when it is ahead of what ``cell_dir`` holds (no run,
+    or a run whose newest checkpoint is older: that run is replaced, since the parked one is the same run further
+    on); returns the parked record (curve points so far) or None when nothing parked is ahead."""
+    step = parked_step(cell, dest)
+    if step < 0:
+        return None
+    local = latest_good(cell_dir / "run") if (cell_dir / "run").exists() else None
+    if (cell_dir / "run").exists() and (local is None or _step(local) >= step):
         return None
     src = parked_dir(cell, dest)
-    rec = json.loads((src / "cell.json").read_text()) if (src / "cell.json").is_file() else None
-    if rec is None or rec.get("key") != cell.key() or latest_good(src / "run") is None:
-        return None
+    rec = json.loads((src / "cell.json").read_text())
     cell_dir.mkdir(parents=True, exist_ok=True)
     tmp = cell_dir / "run.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src / "run", tmp)
+    if local is not None:   # the older local run goes only once the parked copy is complete
+        shutil.rmtree(cell_dir / "run")
     os.replace(tmp, cell_dir / "run")
     rec.pop("status", None)
     rec["unparked_from"] = str(src)
+    if local is not None:
+        rec["replaced_local_step"] = _step(local)
     return rec
 
 

@@ -84,8 +84,12 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     if done:
         return done
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    if rec is None and not force and (rec := unpark(cell, d, published)):
-        log(f"{cell.id}: resuming from its parked checkpoint (step {rec['parked_step']}, {rec['unparked_from']})")
+    if not force and (parked := unpark(cell, d, published)):
+        older = f"; this machine's run, at step {parked['replaced_local_step']}, replaced" \
+            if "replaced_local_step" in parked else ""
+        log(f"{cell.id}: resuming from its parked checkpoint (step {parked['parked_step']}, "
+            f"{parked['unparked_from']}){older}")
+        rec = parked
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
                   "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}

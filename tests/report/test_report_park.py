@@ -2,13 +2,14 @@
 the same student as an uninterrupted run (real training and evaluation of tiny models)."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
 from tinycfg import make_tiny_teachers
 
 from danceopd.report import publish, runner
-from danceopd.report.park import park, parked_dir
+from danceopd.report.park import park, parked_dir, unpark
 from danceopd.report.plan import quick_plan
 
 
@@ -68,8 +69,20 @@ def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, 
     other = _cell()
     other.overrides.append("query.bias=mid_t")
     (tmp_path / "o").mkdir()
-    from danceopd.report.park import unpark
     assert unpark(other, tmp_path / "o" / "cells" / _cell().dirname, pub.dest) is None
+
+    # a machine that stopped earlier (its newest checkpoint at step 1) never parks over the newer parked state,
+    # and resuming there takes the parked checkpoint, replacing its older run
+    m3 = tmp_path / "m3" / "cells" / _cell().dirname
+    shutil.copytree(tmp_path / "m1" / "cells" / _cell().dirname, m3)
+    shutil.rmtree(m3 / "run" / "checkpoints" / "checkpoint-00000002")
+    assert (m3 / "run" / "checkpoints" / "checkpoint-00000001").is_dir()
+    assert park([_cell()], tmp_path / "m3", pub.dest) == []
+    assert json.loads((p / "cell.json").read_text())["parked_step"] == 2
+    got = unpark(_cell(), m3, pub.dest)
+    assert got["parked_step"] == 2 and got["replaced_local_step"] == 1
+    assert sorted(q.name for q in (m3 / "run" / "checkpoints").iterdir()) == ["checkpoint-00000002"]
+    assert unpark(_cell(), m3, pub.dest) is None             # level with the parked state: nothing to take
 
     # machine 2: nothing of the cell in its run folder -> resumes the parked checkpoint, same student; the parked
     # part ran on a GPU (as on a lent machine): the record names both devices
