@@ -49,6 +49,8 @@ def park(cells: list[Cell], root: Path, dest: Path) -> list[tuple[Cell, int]]:
         for f in _RUN_FILES:
             if (d / "run" / f).is_file():
                 shutil.copyfile(d / "run" / f, tmp / "run" / f)
+        if rec is None and (target / "cell.json").is_file():   # resumed from a parked state, no point scored since
+            rec = json.loads((target / "cell.json").read_text())
         rec = rec or {}
         rec.update(id=cell.id, key=cell.key(), status="parked", parked_step=_step(ckpt))
         (tmp / "cell.json").write_text(json.dumps(rec, indent=1, sort_keys=True))

@@ -90,6 +90,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         log(f"{cell.id}: resuming from its parked checkpoint (step {parked['parked_step']}, "
             f"{parked['unparked_from']}){older}")
         rec = parked
+        write_json_atomic(rec_path, rec)   # at once: parking again before the next curve point keeps the record
     d.mkdir(parents=True, exist_ok=True)
     rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
                   "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}

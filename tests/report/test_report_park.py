@@ -89,6 +89,14 @@ def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, 
     rec["device"] = "cuda (NVIDIA H200)"
     (p / "cell.json").write_text(json.dumps(rec))
     logs = []
+    calls.clear()                                            # stopped at once, at its first evaluation: the resumed
+    monkeypatch.setattr(runner, "evaluate_model", flaky)     # record is on disk already (a second park keeps it)
+    calls.extend([None, None])
+    with pytest.raises(Interrupted):
+        runner.run_plan([_cell()], tmp_path / "m2", tmap, publisher=pub, log=logs.append)
+    monkeypatch.setattr(runner, "evaluate_model", real)
+    local = json.loads((tmp_path / "m2" / "cells" / _cell().dirname / "cell.json").read_text())
+    assert local["key"] == _cell().key() and [q["step"] for q in local["curve"]] == [1]
     rec2 = runner.run_plan([_cell()], tmp_path / "m2", tmap, publisher=pub, log=logs.append)[_cell().id]
     assert any("parked checkpoint (step 2" in m for m in logs)
     assert [q["step"] for q in rec2["curve"]] == [1, 2]
