@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -204,7 +205,16 @@ def _cell_job(cell: Cell, force: bool, root: Path, teacher_map: dict, published:
 
     torch.set_num_threads(threads)
     print(f"{time.strftime('%H:%M:%S')} {cell.id}: started", file=sys.stderr, flush=True)
-    return run_cell(cell, root, teacher_map, force=force, published=published, progress=False)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C / the time limit stops a running cell ...
+    try:
+        return run_cell(cell, root, teacher_map, force=force, published=published, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _idle_worker_ignores_sigint() -> None:
+    """... while an idle worker ignores it (else each one prints a KeyboardInterrupt traceback from its queue)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cell_pool(jobs: int, root: Path, teacher_map: dict[str, str], published: Path | None) -> PriorityPool:
@@ -213,7 +223,8 @@ def cell_pool(jobs: int, root: Path, teacher_map: dict[str, str], published: Pat
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 2) // jobs)
-    return PriorityPool(jobs, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")), _cell_job,
+    return PriorityPool(jobs, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                                                 initializer=_idle_worker_ignores_sigint), _cell_job,
                         (root, teacher_map, published, threads))
 
 

@@ -612,3 +612,20 @@ def test_a_failed_cell_is_said_at_once_and_the_others_of_its_batch_still_finish(
         runner.run_plan([Cell(id="A/x/stop", kind="teacher", model="m")], tmp_path, {}, log=logs.append,
                         jobs=2, pool=Pool())
     assert [m.split(" ", 1)[1] for m in logs] == ["A/x/stop: interrupted"]
+
+
+def test_an_idle_cell_worker_ignores_sigint(tmp_path):
+    """A Ctrl-C (or the GPU script's time limit) reaches every worker: an idle one must stay quiet and alive (it
+    printed a KeyboardInterrupt traceback from its queue before), a running cell is stopped (``_cell_job``)."""
+    import multiprocessing as mp
+    import os
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                             initializer=runner._idle_worker_ignores_sigint) as ex:
+        pid = ex.submit(os.getpid).result()
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert ex.submit(os.getpid).result() == pid
