@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import UserError
+from ..train.checkpoint import newest_step
 from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
 from .cell import CONFIG_DIR, Cell
@@ -126,7 +127,13 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
             _continue_from(root / "cells" / cell.resume_from, run_dir, rec, log)
             write_json_atomic(rec_path, rec)
         done_points = {p["step"] for p in rec["curve"]}
+        at = newest_step(run_dir)   # > 0: resumed (this machine's run, a parked or a continued one)
         for s in [*(c for c in cell.curve if c < final_steps), final_steps]:
+            if s < at:              # trained past already: its point is in the record, or can no longer be taken
+                if s in cell.curve and s not in done_points:
+                    log(f"{cell.id}: curve point {s} skipped: the run resumed at step {at}, past it, and its record "
+                        f"has no such point")
+                continue
             cfg.train.steps = s
             train_distill(cfg, run_dir, resume=True, progress=progress)
             if s in cell.curve and s not in done_points:   # curves are validation: scored on VAL_SEED

@@ -228,6 +228,11 @@ def verify(ckpt: Path) -> str | None:
     return None
 
 
+def newest_step(run_dir) -> int:
+    """The step of the newest checkpoint folder in ``run_dir`` (0 when there is none; not verified)."""
+    return max((step for step, _ in list_checkpoints(run_dir)), default=0)
+
+
 def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():

@@ -37,6 +37,7 @@ from ..methods import METHODS, SECTIONS, Method, StepContext, TeacherField
 from ..util.atomic import write_json_atomic
 from ..util.lora import LoraConfig
 from ..world.sampler import BUCKETS
+from .checkpoint import newest_step
 from .common import start_run
 from .data import make_data
 from .loop import finish, prepare_trainables, run_loop
@@ -253,6 +254,9 @@ def train_distill(cfg: DistillConfig, out: Path, resume: bool = False, overwrite
     if init != "merged":
         family.check(init)
     _check_data(cfg, family.data_resolution)
+    if resume and not overwrite and (at := newest_step(out)) > cfg.train.steps:
+        raise UserError(f"{out}: its newest checkpoint is at step {at}, past train.steps={cfg.train.steps}; a run "
+                        f"does not go back: resume with train.steps >= {at}, or start a new --out")
     accelerator, resuming = start_run(out, resume, overwrite, cfg.as_dict(), cfg.train.grad_accum,
                                       cfg.train.mixed_precision, cfg.train.threads)
     set_seed(cfg.seed, device_specific=True)  # rank r seeds cfg.seed + r: ranks draw different noise / queries

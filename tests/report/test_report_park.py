@@ -109,3 +109,37 @@ def test_a_parked_cell_resumes_on_a_fresh_machine_to_the_same_student(tmp_path, 
     assert not p.exists() and not _git(repo, "ls-files", str(p))
     assert _git(repo, "status", "--porcelain", "--", str(repo / "results")) == ""
     assert park([_cell()], tmp_path / "m2", pub.dest) == []   # a finished cell is never parked
+
+
+def test_a_curve_point_the_run_has_passed_is_skipped_not_scored_on_a_later_student(tmp_path):
+    """A record that misses a point its run has trained past (a stale record next to a newer checkpoint) must not
+    score the later student under the earlier step (it did: the point 4000 of B/danceopd/s0/extend=6000 was the
+    student at step 4700); and a distill run never resumes to fewer steps than its checkpoint."""
+    from danceopd.config import load_config
+    from danceopd.errors import UserError
+    from danceopd.report.cell import CONFIG_DIR
+    from danceopd.train.distill import DistillConfig, train_distill
+
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+    straight = runner.run_plan([_cell()], tmp_path / "straight", tmap)[_cell().id]
+    d = tmp_path / "m" / "cells" / _cell().dirname
+    shutil.copytree(tmp_path / "straight" / "cells" / _cell().dirname, d)
+    shutil.rmtree(d / "run" / "checkpoints" / "checkpoint-00000003")
+    (d / "run" / "final.json").unlink()
+    rec = json.loads((d / "cell.json").read_text())
+    rec.update(status="running", curve=[])                   # the record lost both points; the run is at step 2
+    (d / "cell.json").write_text(json.dumps(rec))
+    logs = []
+    got = runner.run_plan([_cell()], tmp_path / "m", tmap, log=logs.append)[_cell().id]
+    assert any("curve point 1 skipped" in m for m in logs)
+    assert [q["step"] for q in got["curve"]] == [2]
+    assert got["curve"][0]["scores"]["gedit"] == straight["curve"][1]["scores"]["gedit"]
+    assert got["scores"]["items"] == straight["scores"]["items"]
+
+    cfg = load_config(DistillConfig, CONFIG_DIR / _cell().config, [*_cell().overrides, "train.steps=2"])
+    for r in cfg.routes:
+        r.teacher = tmap.get(r.teacher, r.teacher)
+    cfg.student.init = tmap.get(cfg.student.init, cfg.student.init)
+    with pytest.raises(UserError, match="newest checkpoint is at step 3, past train.steps=2"):
+        train_distill(cfg, d / "run", resume=True)
