@@ -25,7 +25,8 @@ def reproduce_cmd(
     retrain_teachers: bool = typer.Option(False, "--retrain-teachers",
                                           help="Train the teachers from their configs instead of the shipped ones."),
     report_only: bool = typer.Option(False, "--report-only",
-                                     help="Run nothing: write the report from the cells finished so far."),
+                                     help="Run nothing: write the report from the cells finished so far (with "
+                                     "--publish: those published there too, and the report is published)."),
     publish_dir: Path = typer.Option(None, "--publish", help="Publish to this folder (e.g. results/full): each cell's "
                                      "record as it finishes (and the fp16 student of cells with curves), then the "
                                      "report; cells already published there are reused, not rerun."),
@@ -45,7 +46,7 @@ def reproduce_cmd(
     from ..report.plan import full_plan_stage1, later_stage_ids, quick_plan, run_later_stages
     from ..report.publish import Publisher, publish
     from ..report.report import comparison_table, shipped_note, shipped_settings, table2, write_report
-    from ..report.runner import cell_pool, check_force, finished_cells, load_done, run_plan, train_teachers
+    from ..report.runner import cell_pool, check_force, finished_cells, run_plan, train_teachers
 
     if preset not in ("quick", "full"):
         raise UserError(f"--preset must be quick or full, got {preset!r}")
@@ -74,8 +75,8 @@ def reproduce_cmd(
     publisher = Publisher(publish_dir, commit) if publish_dir else None
     pool = None
     if report_only or park:
-        def run(cs, priority=0):
-            return load_done(cs, out)
+        def run(cs, priority=0):   # --report-only --publish: the report of every published cell too
+            return finished_cells(cs, out, publish_dir if report_only else None)
     else:
         # several jobs: one pool of workers for every stage and both settings' threads (run_later_stages)
         pool = cell_pool(jobs, out, teacher_map, publish_dir) if jobs > 1 else None
@@ -89,7 +90,7 @@ def reproduce_cmd(
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
         def finished(cs):   # what a stage has finished already (a forced cell is redone): skipped, not rerun
-            return load_done(cs, out) if report_only or park else finished_cells(
+            return run(cs) if report_only or park else finished_cells(
                 [c for c in cs if c.id not in force], out, publish_dir)
         more, pending = run_later_stages(recs, seed, run, jobs, finished)
         planned += len(more)

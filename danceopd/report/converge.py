@@ -198,7 +198,7 @@ def _fmt(vals, d=2):
     return f"{vals[0]:.{d}f}" if len(vals) == 1 else f"{np.mean(vals):.{d}f} ± {np.std(vals, ddof=1):.{d}f}"
 
 
-def _where(recs) -> str:
+def device_mark(recs) -> str:
     """`` (GPU)`` / `` (GPU and CPU)`` after a seconds-per-step figure measured (partly) on a GPU: those are not
     comparable with the 2-core CPU figures beside them."""
     devices = " ".join(r.get("device", "cpu") for r in recs)   # e.g. "cuda (NVIDIA H200), then cpu"
@@ -220,7 +220,7 @@ def results(recs, setting, b) -> str | None:
         rows.append(f"| {m} | {len(scs)} | {_fmt(ov)} | {_fmt([(s.get('gedit') or {}).get('avg', {}).get('o') for s in scs])} | "
                     f"{_fmt([(s.get('geneval') or {}).get('overall') for s in scs])} | "
                     f"{_fmt([p.get('local_edit') for p in pres])} | {_fmt([p.get('global_edit') for p in pres])} | "
-                    f"{_fmt([r.get('sec_per_step') for r in by_seed.values()])}{_where(by_seed.values())} |")
+                    f"{_fmt([r.get('sec_per_step') for r in by_seed.values()])}{device_mark(by_seed.values())} |")
     if not rows:
         return None
     md = ["| method | seeds | overall ↑ | GEdit O ↑ | GenEval ↑ | preservation local ↑ | preservation global ↑ | "

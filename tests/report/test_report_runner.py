@@ -402,6 +402,16 @@ def test_reproduce_cli_rejects_bad_flags_before_work(run_cli, tmp_path, capsys, 
     assert "of 28 cells finished" in md and "Not planned yet" in md and "setting A: the curves (seed 0" in md
     assert "setting B: the seeds at the budget" in md
     assert "not planned yet" in capsys.readouterr().out
+    # --report-only --publish: the cells published there count too (adopted, as a run would; nothing is run)
+    seen = []
+    monkeypatch.setattr(runner, "adopt_published", lambda c, root, dest: seen.append((c.id, dest)))
+    assert run_cli(["reproduce", "--preset", "full", "--report-only", "--publish", tmp_path / "pub6", "--out",
+                    tmp_path / "o6"]) == 0
+    assert len(seen) == 28 and {d for _, d in seen} == {tmp_path / "pub6"}
+    assert (tmp_path / "pub6" / "report.md").is_file()
+    capsys.readouterr()
+    monkeypatch.undo()
+    monkeypatch.setattr(cell, "STUDENT_DIR", tmp_path / "no_students")
     # --park with nothing unfinished: parks nothing, writes nothing to the publish folder
     assert run_cli(["reproduce", "--preset", "full", "--park", "--publish", tmp_path / "pub", "--out",
                     tmp_path / "o5"]) == 0

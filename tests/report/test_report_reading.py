@@ -1,0 +1,44 @@
+"""The reading's cost-order line compares seconds per step only between cells timed on the same device."""
+
+from danceopd.report.plan import DENSE_COST
+from danceopd.report.report import cost_order_lines
+
+
+def _rec(method, sec, device):
+    return {"tags": {"setting": "A", "method": method, "seed": 0}, "sec_per_step": sec, "device": device}
+
+
+def test_cost_order_on_one_device_uses_the_records():
+    recs = {m: _rec(m, s, "cpu") for m, s in (("flowopd", 3.2), ("diffusionopd", 11.8), ("danceopd", 0.7))}
+    (line,) = cost_order_lines(recs)
+    assert "all on cpu" in line and "3.20 s" in line and "NOT the order of" in line
+    recs["flowopd"]["sec_per_step"] = 20.0
+    assert "same order as" in cost_order_lines(recs)[0]
+
+
+def test_cost_order_across_devices_uses_the_same_machine_ratios():
+    recs = {"f": _rec("flowopd", 0.31, "cuda (NVIDIA H200)"), "d": _rec("diffusionopd", 0.30, "cuda (NVIDIA H200)"),
+            "o": _rec("danceopd", 0.66, "cpu")}
+    (line,) = cost_order_lines(recs)
+    assert "not compared" in line and "0.31" not in line and "danceopd on cpu" in line
+    assert f"{DENSE_COST['diffusionopd']:g}x" in line
+
+
+def test_no_line_without_all_three():
+    assert cost_order_lines({"o": _rec("danceopd", 0.66, "cpu")}) == []
+
+
+def test_ablation_tables_order_numbers_by_value_and_mark_gpu_timings(tmp_path):
+    from danceopd.report.report import ablation_tables
+
+    def rec(v, device="cpu"):
+        sc = {"gedit": {"avg": {"o": 5.0}}, "geneval": {"overall": 0.5}}
+        return {"status": "done", "tags": {"ablation": "k", "value": v}, "scores": sc, "sec_per_step": 0.4,
+                "device": device}
+
+    md = ablation_tables({str(v): rec(v, "cuda (NVIDIA H200)" if v == 16 else "cpu") for v in (16, 2, 1, 4)},
+                         tmp_path)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [ln.split(" | ")[0] for ln in rows] == ["| 1", "| 2", "| 4", "| 16"]
+    assert rows[-1].endswith("0.40 (GPU) |") and rows[0].endswith("0.40 |")
+    assert "|  |" not in md                                  # no empty column outside the CFG table
