@@ -121,7 +121,8 @@ def full_plan_stage1(seed: int = 0) -> list[Cell]:
 #   2b. longer:  in a setting where a curve is still rising at CONVERGE_STEPS, all four of its curves continue (from
 #                their checkpoints) to EXTEND_STEPS, so every method has a result at any budget up to there;
 #   3. seeds:    DanceOPD and the strongest baseline to 5 seeds, the other main methods to 3, at the budget;
-#   4. the rest: dense on-policy baselines at DanceOPD's wall time, weight merge, ablations (shorter budget).
+#   4. the rest: dense on-policy baselines at DanceOPD's wall time and at matched samples, weight merge, ablations
+#                (shorter budget).
 # Seeds count from ``base`` (``reproduce --seed``; default 0): grid, curves and ablations use base, the extra seeds
 # base + 1, ... Final scores of a seed-s cell use evaluation seed s (disjoint prompt / edit sets per seed, never
 # VAL_SEED).
@@ -289,14 +290,17 @@ def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] =
 
 
 def rest_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
-    """Stage 4 of ``settings``: weight merging, the dense baselines at DanceOPD's wall time at the budget, and with
-    setting A the ablations (None before the budget is known)."""
+    """Stage 4 of ``settings``: weight merging, the dense baselines at DanceOPD's wall time at the budget and at
+    matched samples (the budget's steps), and with setting A the ablations (None before the budget is known)."""
     got = _budgeted(recs, base, settings)
     if got is None:
         return None
     seed0 = got[1]
     rest = [_distill(s, "weight_merge", base) for s in settings]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
+    # and at matched training samples (DanceOPD's steps): hours per cell on 2 cores, minutes on a GPU; last in line
+    rest += [_distill(s, m, base, steps=budget(seed0, s), tag_extra={"matched": "samples"})
+             for s in settings for m in DENSE_COST]
     return rest + (ablation_cells(base) if "A" in settings else [])
 
 
@@ -312,8 +316,8 @@ def _setting_stages(s: str) -> list[tuple]:
 
 
 def _rest_stages(s: str) -> list[tuple]:
-    return [(_only(rest_stage, s), f"setting {s}: weight merging, the dense baselines"
-             + (" and the ablations" if s == "A" else ""))]
+    return [(_only(rest_stage, s), f"setting {s}: weight merging, the dense baselines (matched wall time and "
+             "samples)" + (" and the ablations" if s == "A" else ""))]
 
 
 def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1,
@@ -388,6 +392,7 @@ def later_stage_ids(base: int = 0) -> set[str]:
     """Ids of every cell a later stage could plan (for checking ``--force`` ids before any work)."""
     ids = {_distill(s, m, base + i).id for s in ("A", "B") for m in METHODS_ALL for i in range(SEEDS_BEST)}
     ids |= {f"{s}/{m}/s{base}/extend={EXTEND_STEPS}" for s in ("A", "B") for m in MAIN_METHODS}
+    ids |= {f"{s}/{m}/s{base}/matched=samples" for s in ("A", "B") for m in DENSE_COST}
     ids |= {_grid_cell(s, m, lr, base).id for s in ("A", "B") for m in MAIN_METHODS
             for lr in (LR_GRID[0] / EDGE_FACTOR, LR_GRID[-1] * EDGE_FACTOR)}
     return ids | {c.id for c in ablation_cells(base)}

@@ -19,7 +19,7 @@ from ..eval.metrics import PRESERVE_TOL
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
 from .converge import PAPER_GAIN, at_budget, convergence_section, device_mark, verdict
-from .plan import ABLATION_EVAL_N, ABLATION_STEPS, METHODS_ALL, TEACHERS
+from .plan import ABLATION_EVAL_N, ABLATION_STEPS, DENSE_COST, METHODS_ALL, TEACHERS
 from .plateau import overall_quality
 
 GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "background_change": "bg-chg",
@@ -27,8 +27,13 @@ GEDIT_SHORT = {"subject_add": "subj-add", "subject_replace": "subj-rep", "backgr
 GENEVAL_SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "color",
                  "position": "position", "color_attr": "color-attr"}
 METHOD_NAMES = {"joint_sft": "Joint SFT (naive student)", "weight_merge": "Weight merge", "offpolicy": "Off-policy",
-                "soft_mix": "Soft mix (no routing)", "diffusionopd": "DiffusionOPD (DanceOPD's wall time)", "flowopd": "Flow-OPD (DanceOPD's wall time)",
-                "danceopd": "**DanceOPD**"}
+                "soft_mix": "Soft mix (no routing)", "diffusionopd": "DiffusionOPD (DanceOPD's wall time)",
+                "flowopd": "Flow-OPD (DanceOPD's wall time)", "danceopd": "**DanceOPD**",
+                "diffusionopd/samples": "DiffusionOPD (matched samples)",
+                "flowopd/samples": "Flow-OPD (matched samples)"}
+# the rows of the method tables: every method, and the dense baselines a second time at matched samples
+# (``plan.rest_stage``: their cells carry the tag matched=samples; a row key is "<method>/samples")
+ROWS = tuple(x for m in METHODS_ALL for x in ((m, f"{m}/samples") if m in DENSE_COST else (m,)))
 
 
 def _get(sc: dict | None, *path):
@@ -60,17 +65,19 @@ def _table(header, rows) -> str:
     return "\n".join(out)
 
 
-def _seeds(recs, setting, method, extra=None):
-    """Every seed of (setting, method) main cells (no ablation, grid or live tag); in the full preset, once its
-    budget is known, the main methods' results at the budget (``converge.at_budget``)."""
-    at = at_budget(recs, setting, method)
+def _seeds(recs, setting, row):
+    """Every seed of a (setting, row) main cell (no ablation, grid or live tag); ``row`` is a method, or
+    "<method>/samples" for a dense baseline at matched samples. In the full preset, once its budget is known, the
+    main methods' results at the budget (``converge.at_budget``)."""
+    method, _, matched = row.partition("/")
+    at = at_budget(recs, setting, method) if not matched else None
     if at is not None:
         return list(at.values())
     out = []
     for r in recs.values():
         t = r.get("tags", {})
         if t.get("setting") == setting and t.get("method") == method and not {"ablation", "grid", "live", "extend"} & set(t) \
-                and r.get("status") == "done":
+                and t.get("matched", "") == matched and r.get("status") == "done":
             out.append(r)
     return out
 
@@ -164,7 +171,7 @@ def table2(recs, setting) -> tuple[str, dict]:
         rec = recs.get(f"teacher/{t}")
         if rec:
             rows.append(row(f"source: {t}", [rec["scores"]]))
-    for m in METHODS_ALL:
+    for m in ROWS:
         rs = _seeds(recs, setting, m)
         if rs:
             rows.append(row(METHOD_NAMES[m] + (f" (n={len(rs)} seeds)" if len(rs) > 1 else ""),
@@ -195,7 +202,7 @@ def preservation_table(recs, setting) -> str | None:
     that the output leaves unchanged too (``eval/metrics.py``), for the edit teachers and every method."""
     rows = []
     models = [(f"source: {t}", [recs[f"teacher/{t}"]]) for t in TEACHERS[setting] if f"teacher/{t}" in recs]
-    models += [(METHOD_NAMES[m], _seeds(recs, setting, m)) for m in METHODS_ALL]
+    models += [(METHOD_NAMES[m], _seeds(recs, setting, m)) for m in ROWS]
     for label, rs in models:
         scs = [r["scores"].get("preservation") for r in rs if (r.get("scores") or {}).get("preservation")]
         if scs:
@@ -431,7 +438,7 @@ def capability_lines(recs) -> list[str]:
     for s, caps in CAPABILITIES.items():
         for name, metric, owner in caps:
             means = {}
-            for m in METHODS_ALL:
+            for m in ROWS:
                 vals = [metric(r["scores"]) for r in _seeds(recs, s, m)]
                 vals = [v for v in vals if v is not None]
                 if vals:

@@ -42,3 +42,20 @@ def test_ablation_tables_order_numbers_by_value_and_mark_gpu_timings(tmp_path):
     assert [ln.split(" | ")[0] for ln in rows] == ["| 1", "| 2", "| 4", "| 16"]
     assert rows[-1].endswith("0.40 (GPU) |") and rows[0].endswith("0.40 |")
     assert "|  |" not in md                                  # no empty column outside the CFG table
+
+
+def test_dense_baselines_get_a_row_at_matched_wall_time_and_one_at_matched_samples():
+    from danceopd.report.report import table2
+
+    def rec(method, steps, **tags):
+        sc = {"gedit": {"avg": {"o": 4.0 + steps / 1000}}, "geneval": {"overall": 0.5}}
+        return {"status": "done", "steps": steps, "sec_per_step": 0.3, "scores": sc,
+                "tags": {"setting": "A", "method": method, "seed": 0, **tags}}
+
+    recs = {"a": rec("diffusionopd", 144), "b": rec("diffusionopd", 2500, matched="samples"),
+            "c": rec("danceopd", 2500)}
+    md, overall = table2(recs, "A")
+    wall = next(ln for ln in md.splitlines() if ln.startswith("| DiffusionOPD (DanceOPD's wall time)"))
+    samples = next(ln for ln in md.splitlines() if ln.startswith("| DiffusionOPD (matched samples)"))
+    assert "| 144 |" in wall and "| 2500 |" in samples and "4.14" in wall and "6.50" in samples
+    assert set(overall) == {"diffusionopd", "diffusionopd/samples", "danceopd"}

@@ -154,8 +154,14 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     # the budget: the first curve point at or past every plateau (all flatten at 1000 here), not CONVERGE_STEPS
     assert all(c.curve_test for c in curves) and not any(c.curve_test or c.curve for c in seeds)
     assert all("train.steps=1000" in c.overrides for c in seeds)
-    dense = {c.tags["method"]: c for c in later if c.tags["method"] in DENSE_COST and c.tags["setting"] == "A"}
-    assert "train.steps=57" in dense["diffusionopd"].overrides and "train.steps=213" in dense["flowopd"].overrides
+    dense = {(c.tags["method"], c.tags.get("matched")): c for c in later
+             if c.tags["method"] in DENSE_COST and c.tags["setting"] == "A"}
+    assert len(dense) == 4   # at DanceOPD's wall time, and at matched samples (the budget's steps)
+    assert "train.steps=57" in dense[("diffusionopd", None)].overrides
+    assert "train.steps=213" in dense[("flowopd", None)].overrides
+    assert all("train.steps=1000" in dense[(m, "samples")].overrides for m in DENSE_COST)
+    assert dense[("flowopd", "samples")].id == "A/flowopd/s0/matched=samples"
+    assert {c.id for c in dense.values()} <= later_stage_ids()
     assert extend_stage(recs) == []   # every curve flattened by 3000: no longer curves
     # one curve still rising at its end: all four curves of that setting continue, from their cells' runs
     rising = next(c for c in curves if c.id == "B/offpolicy/s0")
@@ -211,7 +217,7 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
     assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["A", "main"], ["B", "main"], ["B", "main"],
                                      ["A", "rest"], ["B", "rest"]] and not pending
     assert got[1][-1] == 4 and got[3][-1] == 4 and len(done) == sum(g[-1] for g in got)
-    assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 3 + len(ablation_cells()) and got[6][-1] == 3
+    assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 5 + len(ablation_cells()) and got[6][-1] == 5
     got, pending, _ = batches(2)   # each setting in a thread of its own: edge, then per setting in order
     assert got[0][:-1] == ["A", "B", "main"] and not pending
     for s in ("A", "B"):
@@ -221,7 +227,7 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
     assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["B", "main"], ["B", "main"], ["B", "rest"]]
     assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
                        "setting A: the seeds at the budget",
-                       "setting A: weight merging, the dense baselines and the ablations"]
+                       "setting A: weight merging, the dense baselines (matched wall time and samples) and the ablations"]
 
 
 def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
