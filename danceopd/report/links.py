@@ -9,19 +9,22 @@ from pathlib import Path
 
 
 def link_name(tags: dict) -> str | None:
-    """``A_danceopd``, ``A_danceopd_s1``; None for teachers, ablation points and grid points."""
+    """``A_danceopd``, ``A_danceopd_s1``, ``A_flowopd_samples`` (a dense baseline at matched samples); None for
+    teachers, ablation points and grid points. A curve and its longer continuation share a name."""
     if "ablation" in tags or "grid" in tags or "setting" not in tags or "method" not in tags:
         return None
     seed = tags.get("seed", 0)
-    return f"{tags['setting']}_{tags['method']}" + (f"_s{seed}" if seed else "")
+    return (f"{tags['setting']}_{tags['method']}" + (f"_{tags['matched']}" if tags.get("matched") else "")
+            + (f"_s{seed}" if seed else ""))
 
 
 def link_runs(recs: dict[str, dict], out: Path) -> list[Path]:
     """Point ``out/<name>`` at ``cells/<dirname>/run`` for every finished main distillation cell (a relative
-    symlink, replaced atomically; a copy of the exported model where symlinks are unavailable)."""
+    symlink, replaced atomically; a copy of the exported model where symlinks are unavailable). Where two cells
+    share a name (a curve and its continuation), the one trained longest gets it."""
     out = Path(out)
-    made = []
-    for rec in recs.values():
+    made = {}
+    for rec in sorted(recs.values(), key=lambda r: r.get("steps") or 0):
         name, model = link_name(rec.get("tags", {})), rec.get("model")
         if rec.get("kind") != "distill" or not name or not model or rec.get("status") != "done":
             continue
@@ -45,5 +48,5 @@ def link_runs(recs: dict[str, dict], out: Path) -> list[Path]:
         if dst.is_dir() and not dst.is_symlink():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
-        made.append(dst)
-    return made
+        made[name] = dst
+    return list(made.values())

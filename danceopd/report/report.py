@@ -97,10 +97,13 @@ def shipped_note(recs) -> str | None:
     shipped = _shipped(recs)
     if not shipped:
         return None
-    steps = sorted({str(r["tags"]["shipped"]) for r in shipped})
+    by_setting = {s: sorted({str(r["tags"]["shipped"]) for r in shipped if r["tags"]["setting"] == s})
+                  for s in sorted({r["tags"]["setting"] for r in shipped})}
     n = sorted({str((r.get("scores") or {}).get("n", "?")) for r in shipped})
+    trained = ", ".join(f"{s} {'/'.join(st)}" for s, st in by_setting.items())
     md = [f"Students: the shipped converged students (`danceopd/assets/students`, seed 0 of the full preset trained "
-          f"{'/'.join(steps)} steps; `docs/reproduce.md`), evaluated here with n = {'/'.join(n)} per category, so "
+          f"to each setting's budget or past it, steps: {trained}; `docs/reproduce.md`), evaluated here with n = "
+          f"{'/'.join(n)} per category, so "
           "these numbers are noisier than `results/full/report.md`, which has every seed at full n."]
     have = {r["tags"]["setting"] for r in shipped}
     for s in TEACHERS:
@@ -110,13 +113,15 @@ def shipped_note(recs) -> str | None:
     for r in recs.values():
         t = r.get("tags", {})
         if t.get("live") and r.get("status") == "done":
+            mine = [x for x in shipped if x["tags"].get("method") == "danceopd" and x["tags"]["setting"] == t["setting"]]
             md.append(f"Live run on this machine: DanceOPD, setting {t['setting']}, {r.get('steps')} steps from the "
                       f"merged teachers ({_fmt([r.get('sec_per_step')])} s / step): overall quality "
                       f"{_fmt([overall_quality(r['scores'], t['setting'])])} (GEdit O "
                       f"{_fmt([_get(r['scores'], 'gedit', 'avg', 'o')])}, GenEval "
                       f"{_fmt([_get(r['scores'], 'geneval', 'overall')])}); the shipped DanceOPD student reached "
-                      f"{_fmt([overall_quality(x['scores'], 'A') for x in shipped if x['tags'].get('method') == 'danceopd' and x['tags'].get('setting') == 'A'])}"
-                      f" after {'/'.join(steps)} steps. Run folder: `{Path(r.get('model') or '.').parent}`.")
+                      f"{_fmt([overall_quality(x['scores'], t['setting']) for x in mine])} after "
+                      f"{'/'.join(sorted({str(x['tags']['shipped']) for x in mine}))} steps. Run folder: "
+                      f"`{Path(r.get('model') or '.').parent}`.")
     return "\n\n".join(md)
 
 

@@ -59,3 +59,19 @@ def test_dense_baselines_get_a_row_at_matched_wall_time_and_one_at_matched_sampl
     samples = next(ln for ln in md.splitlines() if ln.startswith("| DiffusionOPD (matched samples)"))
     assert "| 144 |" in wall and "| 2500 |" in samples and "4.14" in wall and "6.50" in samples
     assert set(overall) == {"diffusionopd", "diffusionopd/samples", "danceopd"}
+
+
+def test_the_shipped_note_gives_each_setting_its_own_steps_and_the_live_run_its_own_student():
+    from danceopd.report.report import shipped_note
+
+    def rec(setting, method, steps, o):
+        return {"status": "done", "scores": {"n": 16, "gedit": {"avg": {"o": o}}, "geneval": {"overall": 0.8}},
+                "tags": {"setting": setting, "method": method, "seed": 0, "shipped": steps}}
+
+    recs = {"a": rec("A", "danceopd", 3000, 7.0), "b": rec("B", "danceopd", 6000, 9.0),
+            "live": {"status": "done", "steps": 60, "sec_per_step": 0.9, "model": "/x/run/model.safetensors",
+                     "scores": {"gedit": {"avg": {"o": 2.0}}, "geneval": {"overall": 0.7}},
+                     "tags": {"setting": "A", "method": "danceopd", "seed": 0, "live": 60}}}
+    note = shipped_note(recs)
+    assert "steps: A 3000, B 6000" in note
+    assert "the shipped DanceOPD student reached 7.50 after 3000 steps" in note

@@ -67,3 +67,17 @@ def test_link_names():
     assert link_name({"setting": "A", "method": "danceopd", "seed": 0, "ablation": "k"}) is None
     assert link_name({"teacher": "t2i"}) is None
     assert link_name({"setting": "A", "method": "danceopd", "seed": 0, "grid": "lr", "value": "0.0005"}) is None
+    assert link_name({"setting": "A", "method": "flowopd", "seed": 0, "matched": "samples"}) == "A_flowopd_samples"
+
+
+def test_a_curve_and_its_continuation_get_one_link_the_longer_run(tmp_path):
+    recs = {}
+    for cid, steps in (("c", 3000), ("e", 6000)):
+        run = tmp_path / "cells" / f"B__danceopd__s0--{cid}" / "run"
+        run.mkdir(parents=True)
+        (run / "model.safetensors").write_bytes(b"x")
+        recs[cid] = {"kind": "distill", "status": "done", "steps": steps, "model": str(run / "model.safetensors"),
+                     "tags": {"setting": "B", "method": "danceopd", "seed": 0, **({"extend": 6000} if cid == "e" else {})}}
+    made = link_runs(dict(reversed(list(recs.items()))), tmp_path)
+    assert [p.name for p in made] == ["B_danceopd"]
+    assert os.readlink(tmp_path / "B_danceopd").endswith("B__danceopd__s0--e/run")
