@@ -8,6 +8,10 @@
 #                BUDGET=560 s for the whole script (smoke, run, park, archives), JOBS=8 cells at once; nothing to
 #                install: the machine's image has torch and every dependency
 #   afterwards:  for f in <files_at>/*.tgz; do tar xzf $f; done && git add results/full && git commit -m "results: GPU cells"
+#                (then delete each parked cell's older checkpoint folders: tar adds the new one beside them)
+#   tree size:   the device tool copies at most 64 MiB of working tree; the shipped and published fp16 students
+#                (danceopd/assets/students, results/full/students: ~31 MB) are not needed here, move them out
+#                for the call and back afterwards
 #
 # Each setting advances in its own thread (a setting's seeds start as soon as its curves are in) and the cells the
 # verdict needs (curves, seeds) take a free worker before the ablations and dense baselines (report/pool.py).
