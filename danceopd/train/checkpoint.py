@@ -229,8 +229,9 @@ def verify(ckpt: Path) -> str | None:
 
 
 def newest_step(run_dir) -> int:
-    """The step of the newest checkpoint folder in ``run_dir`` (0 when there is none; not verified)."""
-    return max((step for step, _ in list_checkpoints(run_dir)), default=0)
+    """The step a resume of ``run_dir`` starts from: its newest checkpoint that verifies (0 when there is none)."""
+    good = latest_good(run_dir)
+    return 0 if good is None else next(step for step, p in list_checkpoints(run_dir) if p == good)
 
 
 def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
