@@ -90,9 +90,8 @@ def reproduce_cmd(
     planned, pending, every = len(cells), [], list(cells)
     if preset == "full":   # later stages are planned from earlier results, once those are complete
         def finished(cs):   # what a stage has finished already (a forced cell is redone): skipped, not rerun
-            return run(cs) if report_only or park else finished_cells(
-                [c for c in cs if c.id not in force], out, publish_dir)
-        more, pending = run_later_stages(recs, seed, run, jobs, finished)
+            return finished_cells([c for c in cs if c.id not in force], out, publish_dir)
+        more, pending = run_later_stages(recs, seed, run, jobs, run if report_only or park else finished)
         planned += len(more)
         every += more
     if pool is not None:

@@ -298,10 +298,10 @@ def rest_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] =
     seed0 = got[1]
     rest = [_distill(s, "weight_merge", base) for s in settings]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
+    rest += ablation_cells(base) if "A" in settings else []
     # and at matched training samples (DanceOPD's steps): hours per cell on 2 cores, minutes on a GPU; last in line
-    rest += [_distill(s, m, base, steps=budget(seed0, s), tag_extra={"matched": "samples"})
-             for s in settings for m in DENSE_COST]
-    return rest + (ablation_cells(base) if "A" in settings else [])
+    return rest + [_distill(s, m, base, steps=budget(seed0, s), tag_extra={"matched": "samples"})
+                   for s in settings for m in DENSE_COST]
 
 
 def _only(stage, s):
