@@ -85,17 +85,18 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     done = read_done(cell, root) or (None if force or published is None else adopt_published(cell, root, published))
     if done:
         return done
+    fresh = {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
+             "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
     if not force and (parked := unpark(cell, d, published)):
         older = f"; this machine's run, at step {parked['replaced_local_step']}, replaced" \
             if "replaced_local_step" in parked else ""
         log(f"{cell.id}: resuming from its parked checkpoint (step {parked['parked_step']}, "
             f"{parked['unparked_from']}){older}")
-        rec = parked
-        write_json_atomic(rec_path, rec)   # at once: parking again before the next curve point keeps the record
+        rec = {**fresh, **parked}          # a cell parked before its first record (no curve) parked only its id
     d.mkdir(parents=True, exist_ok=True)
-    rec = rec or {"id": cell.id, "key": cell.key(), "kind": cell.kind, "tags": cell.tags, "curve": [],
-                  "git_sha": git_sha(), "machine": machine(), "device": device_name(), "wall_time_s": 0.0}
+    rec = rec or fresh
+    write_json_atomic(rec_path, rec)       # at once: parking before the next curve point keeps the record
     here = device_name()
     if not rec.get("device", here).endswith(here):   # resumed elsewhere (a cell parked on a GPU, finished on a CPU)
         rec["device"] = f"{rec.get('device', 'cpu')}, then {here}"

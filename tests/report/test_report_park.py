@@ -143,3 +143,33 @@ def test_a_curve_point_the_run_has_passed_is_skipped_not_scored_on_a_later_stude
     cfg.student.init = tmap.get(cfg.student.init, cfg.student.init)
     with pytest.raises(UserError, match="newest checkpoint is at step 3, past train.steps=2"):
         train_distill(cfg, d / "run", resume=True)
+
+
+def test_a_cell_without_curve_parked_before_its_first_record_resumes(tmp_path, monkeypatch):
+    """A seed cell (no curve points) interrupted before it wrote anything but checkpoints: parked, it resumes on
+    another machine and finishes with the uninterrupted run's scores (it stopped with KeyError 'curve': the
+    parked record held only id, key and step, as B/danceopd/s1 parked at step 3,600 did)."""
+    def seed_cell():
+        c = _cell()
+        c.curve, c.curve_test = [], False
+        return c
+
+    t = make_tiny_teachers(tmp_path / "teachers")
+    tmap = {"world:t2i": str(t["t2i"]), "world:edit": str(t["edit"])}
+    straight = runner.run_plan([seed_cell()], tmp_path / "straight", tmap)[seed_cell().id]
+
+    d = tmp_path / "m1" / "cells" / seed_cell().dirname       # machine 1 stopped at step 2, before any record
+    shutil.copytree(tmp_path / "straight" / "cells" / seed_cell().dirname, d)
+    shutil.rmtree(d / "run" / "checkpoints" / "checkpoint-00000003")
+    (d / "run" / "final.json").unlink()
+    (d / "cell.json").unlink()
+    pub = publish.Publisher(tmp_path / "results", commit=False)
+    assert [(c.id, s) for c, s in pub.park([seed_cell()], tmp_path / "m1")] == [(seed_cell().id, 2)]
+    (parked_dir(seed_cell(), pub.dest) / "cell.json").write_text(json.dumps(   # as an older version parked it
+        {"id": seed_cell().id, "key": seed_cell().key(), "parked_step": 2, "status": "parked"}))
+
+    logs = []
+    got = runner.run_plan([seed_cell()], tmp_path / "m2", tmap, publisher=pub, log=logs.append)[seed_cell().id]
+    assert any("parked checkpoint (step 2" in m for m in logs)
+    assert got["status"] == "done" and got["curve"] == [] and got["steps"] == 3
+    assert got["scores"]["items"] == straight["scores"]["items"]
