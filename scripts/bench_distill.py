@@ -11,8 +11,9 @@ Prints, from ONE run (medians over ``--iters`` timed steps after one warm-up ste
 (b) a naive implementation of the same update written here (one sample per micro-step with gradient accumulation
     over the batch, full rollout keeping every state in a list, no truncation, separate cond / uncond teacher
     passes) vs ours: samples/s and the speed-up (goal >= 3x);
-(c) seconds per optimizer step of every method at the same batch (setting A routes t2i + edit; hard-routed
-    methods alternate routes like the engine's route sampler, group methods run both routes every step).
+(c) seconds per optimizer step of every method in the layout of the setting configs (configs/world/setting_*.yaml:
+    routing group, both routes t2i + edit in every step, ``--batch`` / 2 samples each), so every method trains on the
+    same ``--batch`` samples per step; the ratios are what the full preset's DENSE_COST (report/plan.py) holds.
 
 Data rendering is not part of any timed step (it is printed separately).
 """
@@ -68,8 +69,8 @@ class Bench:
         self.ts = self.student.timesteps(a.rollout_steps, 1.0)
         self.t_roll_whole, self.row_evals = [], []
 
-    def batch(self, route: str):
-        return self.data[route].next(self.a.batch)
+    def batch(self, route: str, n: int | None = None):
+        return self.data[route].next(n or self.a.batch)
 
     # ---- ours: the engine's inner loop for one optimizer step ----------------------------------------------------
     def step(self, method, picked: list[Route], batches: dict) -> float:
@@ -223,7 +224,9 @@ def main():
     print(f"  speed-up {speedup:.2f}x (goal >= 3x)   {'OK' if speedup >= 3 else 'MISSED'}")
 
     # (c) every method
-    print(f"\n(c) seconds per optimizer step, batch {a.batch} (setting A: routes t2i + edit)")
+    per_route = a.batch // 2
+    print(f"\n(c) seconds per optimizer step, {a.batch} samples = routes t2i + edit x {per_route} "
+          "(the setting configs' layout: routing group)")
     print(f"  {'method':<14} {'routes/step':>11} {'s/step':>8} {'x danceopd':>11}")
     results = {}
     for name in [m for m in a.methods.split(",") if m]:
@@ -231,11 +234,11 @@ def main():
         if not method.trains:
             print(f"  {name:<14} {'-':>11} {'-':>8} {'-':>11}   (no training: static weight merge)")
             continue
-        sampler = RouteSampler(bench.routes, seed=0, mode="group" if method.group_routes else "hard")
+        sampler = RouteSampler(bench.routes, seed=0, mode="group")   # every method, as the configs run it
         times = []
         for it in range(a.iters + 1):
             picked = sampler.sample_routes()
-            batches = {r.name: bench.batch(r.bucket) for r in picked}
+            batches = {r.name: bench.batch(r.bucket, per_route) for r in picked}
             torch.manual_seed(3000 + it)
             dt = bench.step(method, picked, batches)
             if it:

@@ -61,16 +61,23 @@ def quick_plan(seed: int = 0, shipped: dict[str, dict] | None = None) -> list[Ce
     return cells
 
 
-# The dense on-policy baselines cost far more per step than DanceOPD: `python scripts/bench_distill.py --threads 2
-# --iters 3` (batch 32, 8 rollout steps, setting A) measured DanceOPD 0.675 s, Flow-OPD 3.18 s (4.7x), DiffusionOPD
-# 11.8 s (17.4x). They get the steps that cost about DanceOPD's training time at the budget (matched wall time); the
-# report prints every row's steps, s/step and wall time next to its scores.
-DENSE_COST = {"diffusionopd": 17.4, "flowopd": 4.7}   # s/step relative to DanceOPD (measured above)
+# The dense on-policy baselines cost more per step than DanceOPD. Measured in the setting configs' layout (both
+# routes every step, 16 samples each; an earlier bench timed DanceOPD hard-routed at 32 and the dense methods at 32
+# PER ROUTE, which gave 17.4x / 4.7x and starved them of steps), Intel Xeon 2 cores, nothing else running:
+#   `danceopd distill --config configs/world/<S>_<m>.yaml --set train.steps=40` (final.json sec_per_step):
+#     A: DanceOPD 0.607-0.725, DiffusionOPD 2.468, Flow-OPD 2.482 s;  B: DanceOPD 0.696-0.779, 2.984, 2.987 s
+#   `python scripts/bench_distill.py --threads 2 --iters 3` table (c): 0.731 / 3.084 (4.22x) / 3.127 (4.28x)
+# i.e. about 4.1x in both settings for both (the run-to-run spread of a DanceOPD step is ~10%). They get the steps
+# that cost about DanceOPD's training time at the budget (matched wall time); the report prints every row's steps,
+# s/step and wall time next to its scores.
+DENSE_COST = {"diffusionopd": 4.1, "flowopd": 4.1}   # s/step relative to DanceOPD (measured above)
 
 
 def dense_steps(method: str, budget: int) -> int:
     """Steps of a dense on-policy baseline that cost about ``budget`` DanceOPD steps of wall time."""
     return max(1, round(budget / DENSE_COST[method]))
+
+
 ABLATION_STEPS = 200
 ABLATION_EVAL_N = 40
 
@@ -289,19 +296,31 @@ def seed_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] =
     return None if got is None else seed_cells(*got, base, settings)
 
 
-def rest_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
-    """Stage 4 of ``settings``: weight merging, the dense baselines at DanceOPD's wall time at the budget and at
-    matched samples (the budget's steps), and with setting A the ablations (None before the budget is known)."""
+def short_rest_stage(recs: dict[str, dict], base: int = 0,
+                     settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 4a of ``settings``: weight merging, the dense baselines at DanceOPD's wall time at the budget, and with
+    setting A the ablations (None before the budget is known)."""
     got = _budgeted(recs, base, settings)
     if got is None:
         return None
     seed0 = got[1]
     rest = [_distill(s, "weight_merge", base) for s in settings]
     rest += [_distill(s, m, base, steps=dense_steps(m, budget(seed0, s))) for s in settings for m in DENSE_COST]
-    rest += ablation_cells(base) if "A" in settings else []
-    # and at matched training samples (DanceOPD's steps): hours per cell on 2 cores, minutes on a GPU; last in line
-    return rest + [_distill(s, m, base, steps=budget(seed0, s), tag_extra={"matched": "samples"})
-                   for s in settings for m in DENSE_COST]
+    return rest + (ablation_cells(base) if "A" in settings else [])
+
+
+def matched_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 4b of ``settings``: the dense baselines at matched training samples (the budget's steps): hours per
+    cell on 2 cores, minutes on a GPU, so last in line (None before the budget is known)."""
+    got = _budgeted(recs, base, settings)
+    return None if got is None else [_distill(s, m, base, steps=budget(got[1], s), tag_extra={"matched": "samples"})
+                                     for s in settings for m in DENSE_COST]
+
+
+def rest_stage(recs: dict[str, dict], base: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[Cell] | None:
+    """Stage 4 of ``settings``: 4a then 4b (None before the budget is known)."""
+    short = short_rest_stage(recs, base, settings)
+    return None if short is None else short + matched_stage(recs, base, settings)
 
 
 def _only(stage, s):
@@ -316,16 +335,18 @@ def _setting_stages(s: str) -> list[tuple]:
 
 
 def _rest_stages(s: str) -> list[tuple]:
-    return [(_only(rest_stage, s), f"setting {s}: weight merging, the dense baselines (matched wall time and "
-             "samples)" + (" and the ablations" if s == "A" else ""))]
+    return [(_only(short_rest_stage, s), f"setting {s}: weight merging, the dense baselines at matched wall time"
+             + (" and the ablations" if s == "A" else "")),
+            (_only(matched_stage, s), f"setting {s}: the dense baselines at matched samples")]
 
 
 def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1,
                      finished=None) -> tuple[list[Cell], list[str]]:
     """Plan and run the full preset's stages after the grid: ``run(cells) -> {id: record}`` runs (or loads) a
     batch of cells and ``recs`` is updated with what it returns. With one job (a CPU), what the comparison needs
-    comes first: setting A's curves, longer curves and seeds, then B's, and only then each setting's weight merge,
-    dense baselines and ablations (the ablations and dense baselines are not needed for the verdict). With several
+    comes first: setting A's curves, longer curves and seeds, then B's, then each setting's weight merge, dense
+    baselines at matched wall time and ablations, and last each setting's dense baselines at matched samples (none of
+    these is needed for the verdict). With several
     (a GPU) each setting advances in a thread of its own, at its own pace: a setting's next stage is handed over as
     soon as its stage before has finished, as ``run(cells, priority)``: 0 for what the verdict needs (curves,
     longer curves, seeds), 1 for the rest, so one setting's seeds overtake the other's ablations in a shared pool.
@@ -366,7 +387,9 @@ def run_later_stages(recs: dict[str, dict], base: int, run, jobs: int = 1,
     if jobs == 1:
         def call(cells, priority):
             return run(cells)
-        for s, stages in [(None, edge), *((s, verdict(s)) for s in SETTINGS), *((s, rest(s)) for s in SETTINGS)]:
+        # every setting's short rest before any setting's dense runs at matched samples (hours each on a CPU)
+        for s, stages in [(None, edge), *((s, verdict(s)) for s in SETTINGS), *((s, rest(s)[:1]) for s in SETTINGS),
+                          *((s, rest(s)[1:]) for s in SETTINGS)]:
             advance(s, stages, call)
     else:
         advance(None, edge, run)

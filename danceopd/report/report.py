@@ -402,6 +402,7 @@ def reading(recs, overall_a, overall_b, comp_vals) -> str:
             worse = [m for m, x in rest.items() if x >= ov["danceopd"]]
             if worse:
                 lines.append(f"  Baselines at or above DanceOPD here: {', '.join(worse)}.")
+    lines += dense_lines(recs)
     lines += capability_lines(recs)
     lines += cost_order_lines(recs)
     if "teacher" in comp_vals and "danceopd" in comp_vals:
@@ -412,6 +413,37 @@ def reading(recs, overall_a, overall_b, comp_vals) -> str:
     if not lines:
         lines.append("- Not enough finished cells for a reading yet.")
     return "\n".join(lines)
+
+
+def dense_lines(recs) -> list[str]:
+    """Each dense on-policy baseline row (matched wall time, matched samples; one seed each) against DanceOPD on the
+    same seed and DanceOPD's seed mean. The paper ranks DanceOPD above both; a row at or above DanceOPD's same-seed
+    score is called a disagreement (one seed: no interval, so not a verdict)."""
+    lines = []
+    for s in TEACHERS:
+        ours = {r["tags"].get("seed", 0): r for r in _seeds(recs, s, "danceopd")}
+        if not ours:
+            continue
+        q = {seed: overall_quality(r["scores"], s) for seed, r in ours.items()}
+        mean, std = float(np.mean(list(q.values()))), float(np.std(list(q.values()), ddof=1)) if len(q) > 1 else 0.0
+        for m in DENSE_COST:
+            for row, what in ((m, "matched wall time"), (f"{m}/samples", "matched samples")):
+                for r in _seeds(recs, s, row):
+                    seed, v = r["tags"].get("seed", 0), overall_quality(r["scores"], s)
+                    if seed not in q or v != v:
+                        continue
+                    cost = ""
+                    mine, theirs = r.get("sec_per_step"), ours[seed].get("sec_per_step")
+                    if mine and theirs and r.get("device", "cpu") == ours[seed].get("device", "cpu"):
+                        cost = f", {mine:.2f} s/step = {mine / theirs:.1f}x DanceOPD's"
+                    above = v >= q[seed]
+                    lines.append(
+                        f"- Setting {s}, {m} at {what} ({r.get('steps', 0):,} steps{cost}): overall {v:.2f} vs "
+                        f"DanceOPD {q[seed]:.2f} on the same seed {seed} (DanceOPD {mean:.2f} ± {std:.2f} over "
+                        f"{len(q)} seeds) → {'AT OR ABOVE' if above else 'below'} DanceOPD, one seed, no interval: "
+                        + ("the paper ranks DanceOPD above it; the world does NOT reproduce that here." if above
+                           else "the paper's order."))
+    return lines
 
 
 def _mean_o(sc, cats):

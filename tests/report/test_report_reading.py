@@ -75,3 +75,24 @@ def test_the_shipped_note_gives_each_setting_its_own_steps_and_the_live_run_its_
     note = shipped_note(recs)
     assert "steps: A 3000, B 6000" in note
     assert "the shipped DanceOPD student reached 7.50 after 3000 steps" in note
+
+
+def test_a_dense_baseline_above_danceopd_is_called_a_disagreement_with_the_paper():
+    from danceopd.report.report import dense_lines
+
+    def rec(method, seed, o, steps=2500, sec=0.6, **tags):
+        return {"status": "done", "steps": steps, "sec_per_step": sec, "device": "cpu",
+                "scores": {"gedit": {"avg": {"o": o}}, "geneval": {"overall": 0.8}},
+                "tags": {"setting": "A", "method": method, "seed": seed, **tags}}
+
+    recs = {f"d{i}": rec("danceopd", i, o) for i, o in enumerate((7.0, 7.4, 7.2))}
+    recs["w"] = rec("diffusionopd", 0, 5.0, steps=600, sec=2.4)
+    recs["s"] = rec("diffusionopd", 0, 9.0, sec=2.4, matched="samples")
+    wall, samples = dense_lines(recs)
+    assert "diffusionopd at matched wall time (600 steps, 2.40 s/step = 4.0x DanceOPD's)" in wall
+    assert "overall 6.50 vs DanceOPD 7.50 on the same seed 0" in wall and "below DanceOPD" in wall
+    assert "diffusionopd at matched samples (2,500 steps" in samples and "overall 8.50" in samples
+    assert "DanceOPD 7.60 ± 0.10 over 3 seeds" in samples and "does NOT reproduce" in samples
+    recs["s"]["device"] = "cuda (NVIDIA H200)"   # a GPU timing is not put against a CPU one
+    assert "s/step" not in dense_lines(recs)[1]
+    assert dense_lines({"w": recs["w"]}) == []   # nothing to compare without DanceOPD

@@ -157,8 +157,8 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
     dense = {(c.tags["method"], c.tags.get("matched")): c for c in later
              if c.tags["method"] in DENSE_COST and c.tags["setting"] == "A"}
     assert len(dense) == 4   # at DanceOPD's wall time, and at matched samples (the budget's steps)
-    assert "train.steps=57" in dense[("diffusionopd", None)].overrides
-    assert "train.steps=213" in dense[("flowopd", None)].overrides
+    assert "train.steps=244" in dense[("diffusionopd", None)].overrides   # 1000 / 4.1
+    assert "train.steps=244" in dense[("flowopd", None)].overrides
     assert all("train.steps=1000" in dense[(m, "samples")].overrides for m in DENSE_COST)
     assert dense[("flowopd", "samples")].id == "A/flowopd/s0/matched=samples"
     assert {c.id for c in dense.values()} <= later_stage_ids()
@@ -198,7 +198,8 @@ def test_full_preset_stages_follow_the_grid_and_the_curves():
 
 def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_several():
     """After the grid: with one job what the comparison needs comes first: A's curves -> longer curves -> seeds,
-    then B's, and only then each setting's weight merge, dense baselines and ablations; with several, each batch
+    then B's, then each setting's weight merge, dense baselines at matched wall time and ablations, and last the dense
+    baselines at matched samples; with several, each batch
     holds both settings' next stage (cells side by side). Every curve flattens here, so there are no longer curves;
     a failed curve stops its own setting only."""
     def batches(jobs, fail=None):
@@ -214,20 +215,24 @@ def test_later_stages_go_setting_by_setting_on_one_job_and_side_by_side_on_sever
 
     # a flat grid: every method's best lr is the smallest (ties go low), so the edge stage (5e-05) runs first
     got, pending, done = batches(1)
+    # every setting's short rest before any setting's dense runs at matched samples (hours each on a CPU)
     assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["A", "main"], ["B", "main"], ["B", "main"],
-                                     ["A", "rest"], ["B", "rest"]] and not pending
+                                     ["A", "rest"], ["B", "rest"], ["A", "rest"], ["B", "rest"]] and not pending
     assert got[1][-1] == 4 and got[3][-1] == 4 and len(done) == sum(g[-1] for g in got)
-    assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 5 + len(ablation_cells()) and got[6][-1] == 5
+    assert got[2][-1] == got[4][-1] == 12 and got[5][-1] == 3 + len(ablation_cells()) and got[6][-1] == 3
+    assert got[7][-1] == got[8][-1] == 2
     got, pending, _ = batches(2)   # each setting in a thread of its own: edge, then per setting in order
     assert got[0][:-1] == ["A", "B", "main"] and not pending
     for s in ("A", "B"):
         mine = [g[1:] for g in got[1:] if g[0] == s]
-        assert mine[:2] == [["main", 4], ["main", 12]] and [m[0] for m in mine[2:]] == ["rest"]
+        assert mine[:2] == [["main", 4], ["main", 12]] and [m[0] for m in mine[2:]] == ["rest", "rest"]
     got, pending, _ = batches(1, fail="A/soft_mix/s0")   # A's seeds wait; B goes on
-    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["B", "main"], ["B", "main"], ["B", "rest"]]
+    assert [g[:-1] for g in got] == [["A", "B", "main"], ["A", "main"], ["B", "main"], ["B", "main"], ["B", "rest"],
+                                     ["B", "rest"]]
     assert pending == ["setting A: longer curves (to 6,000 steps, if a curve still rises at 3,000)",
                        "setting A: the seeds at the budget",
-                       "setting A: weight merging, the dense baselines (matched wall time and samples) and the ablations"]
+                       "setting A: weight merging, the dense baselines at matched wall time and the ablations",
+                       "setting A: the dense baselines at matched samples"]
 
 
 def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
@@ -258,7 +263,7 @@ def test_on_several_jobs_a_setting_ahead_does_not_wait_for_the_other():
     assert got[0] == [("A", "other", 0)] and got[1] == [("A", "other", 1)]   # A's seeds, then A's rest (priority 1)
     assert [("B", "curve", 0)] in got and [("B", "other", 0)] in got and [("B", "other", 1)] in got
     assert got.index([("B", "curve", 0)]) < got.index([("B", "other", 0)]) < got.index([("B", "other", 1)])
-    assert len(got) == 5
+    assert len(got) == 7   # per setting: seeds, the short rest, the dense runs at matched samples
 
 
 def test_the_pool_starts_the_waiting_cell_of_lowest_priority_first(tmp_path, monkeypatch):
