@@ -14,6 +14,10 @@ def test_cost_order_on_one_device_uses_the_records():
     assert "all on cpu" in line and "3.20 s" in line and "NOT the order of" in line
     recs["flowopd"]["sec_per_step"] = 20.0
     assert "same order as" in cost_order_lines(recs)[0]
+    # a run at matched samples (another sitting) does not stand in for the row timed beside DanceOPD
+    recs["late"] = {**_rec("diffusionopd", 0.1, "cpu"), "tags": {**_rec("diffusionopd", 0, "cpu")["tags"],
+                                                                 "matched": "samples"}}
+    assert "DiffusionOPD 11.80 s" in cost_order_lines(recs)[0]
 
 
 def test_cost_order_across_devices_uses_the_same_machine_ratios():
