@@ -1,5 +1,8 @@
 """The cells of a reproduction (``cell.Cell``): teacher evaluations, teacher trainings (optional), distillation
 runs, ablations; the quick preset; and the full preset's protocol (grid, curves, budget rule, seeds).
+
+Long file: the full preset is one staged protocol, each stage planned from the records of the one before; split,
+the order of the stages and the rules between them would be spread over modules that only make sense together.
 """
 
 from __future__ import annotations
