@@ -28,7 +28,7 @@ def reproduce_cmd(
                                      help="Run nothing: write the report from the cells finished so far (with "
                                      "--publish: those published there too, and the report is published)."),
     publish_dir: Path = typer.Option(None, "--publish", help="Publish to this folder (e.g. results/full): each cell's "
-                                     "record as it finishes (and the fp16 student of cells with curves), then the "
+                                     "record as it finishes (and the fp16 student of each cell the report draws), then the "
                                      "report; cells already published there are reused, not rerun."),
     commit: bool = typer.Option(False, "--commit", help="With --publish: git-commit each published cell as it "
                                 "finishes (only its files), so a lost machine costs at most the running cells."),

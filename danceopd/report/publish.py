@@ -1,4 +1,4 @@
-"""Publishing finished cells: each record (and the fp16 student of a curve cell) copied to a publish folder
+"""Publishing finished cells: each record (and the fp16 student of a cell the report draws) copied to a publish folder
 (``results/full``) as it finishes, committed at once with ``--commit``, and taken over (adopted) by a later run,
 on any machine, instead of being run again."""
 
@@ -54,6 +54,14 @@ def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]
     return out
 
 
+def report_draws(cell: Cell) -> bool:
+    """Whether the report needs ``cell``'s student itself, not only its scores: cells with curves (the shipped
+    students come from them) and every seed-0 main cell (the dense baselines, weight merge: rows of the sample
+    figures). Without its weights a fresh clone's report would drop the row from the figure."""
+    extra = {"ablation", "grid", "live"} & set(cell.tags)
+    return cell.kind == "distill" and (bool(cell.curve) or (cell.seed == 0 and not extra))
+
+
 def adopt_published(cell: Cell, root: Path, dest: Path) -> dict | None:
     """A published finished record of ``cell`` (same key), copied into ``root`` so the run reuses it; its student
     (when published) becomes the cell's model. None when ``dest`` has no such record."""
@@ -99,14 +107,14 @@ def git_commit(paths: list[Path], message: str) -> None:
 @dataclass
 class Publisher:
     """Where finished cells go as they finish: ``dest`` (e.g. results/full) gets each record, and the fp16 student
-    of cells with curves (the ones the report draws); ``commit`` commits those files at once, so a lost machine
+    of the cells the report draws (``report_draws``); ``commit`` commits those files at once, so a lost machine
     costs at most the cells that were running."""
 
     dest: Path
     commit: bool = False
 
     def __call__(self, cell: Cell, rec: dict) -> None:
-        paths = publish_cell(cell, rec, self.dest, weights=bool(cell.curve))
+        paths = publish_cell(cell, rec, self.dest, weights=report_draws(cell))
         parked = parked_dir(cell, self.dest)
         tracked = self.commit and parked.exists() and _tracked(parked)
         if drop_parked(cell, self.dest) and tracked:   # finished: its parked checkpoint goes in the same commit

@@ -489,16 +489,20 @@ def test_report_ablations_with_cfg_sampling_cost(setup):
 
 
 def test_published_cells_are_reused_on_a_fresh_machine(setup):
-    """Each finished cell is published as it finishes (record; fp16 student for cells with curves); a new run
-    folder (a fresh clone) adopts published cells with the same key instead of training them again."""
+    """Each finished cell is published as it finishes (record; fp16 student for the cells the report draws: curve
+    cells and seed-0 main cells); a new run folder (a fresh clone) adopts published cells with the same key instead
+    of training them again."""
     root, tmap = setup
     cells = _tiny(quick_plan())
     cells[-1].curve = [1]                       # the DanceOPD cell: curve cell, so its student is published
+    cells[-2].tags = {**cells[-2].tags, "ablation": "k"}   # not drawn by the report (tags are not in the key)
     pub = publish.Publisher(root / "pub")
     recs = runner.run_plan(cells, root / "r1", tmap, publisher=pub)
     rec_p, w_p = publish.published_paths(cells[-1], root / "pub")
     assert rec_p.is_file() and w_p.is_file()
-    assert not publish.published_paths(cells[2], root / "pub")[1].exists()   # no curve: record only
+    assert publish.published_paths(cells[-3], root / "pub")[1].is_file()     # seed-0 main cell: a figure row
+    assert cells[-2].kind == "distill" and publish.published_paths(cells[-2], root / "pub")[0].is_file()
+    assert not publish.published_paths(cells[-2], root / "pub")[1].exists()  # ablation: record only
     from safetensors import safe_open
 
     with safe_open(str(w_p), "pt") as f:
