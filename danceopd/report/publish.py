@@ -56,9 +56,10 @@ def publish_cell(cell: Cell, rec: dict, dest: Path, weights: bool) -> list[Path]
 
 def report_draws(cell: Cell) -> bool:
     """Whether the report needs ``cell``'s student itself, not only its scores: cells with curves (the shipped
-    students come from them) and every seed-0 main cell (the dense baselines, weight merge: rows of the sample
-    figures). Without its weights a fresh clone's report would drop the row from the figure."""
-    extra = {"ablation", "grid", "live"} & set(cell.tags)
+    students come from them) and every seed-0 main cell (the dense baselines at DanceOPD's wall time, weight merge:
+    rows of the sample figures; not those at matched samples, which the figures do not draw). Without its weights a
+    fresh clone's report would drop the row from the figure."""
+    extra = {"ablation", "grid", "live", "extend", "matched"} & set(cell.tags)
     return cell.kind == "distill" and (bool(cell.curve) or (cell.seed == 0 and not extra))
 
 

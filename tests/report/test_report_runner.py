@@ -1,6 +1,7 @@
 """Reproduction runner (cells cached by key, resumed, forced) and report generation, with tiny teachers and a
 stand-in scorer (the real suite is tested in tests/eval)."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -503,6 +504,8 @@ def test_published_cells_are_reused_on_a_fresh_machine(setup):
     assert publish.published_paths(cells[-3], root / "pub")[1].is_file()     # seed-0 main cell: a figure row
     assert cells[-2].kind == "distill" and publish.published_paths(cells[-2], root / "pub")[0].is_file()
     assert not publish.published_paths(cells[-2], root / "pub")[1].exists()  # ablation: record only
+    matched = dataclasses.replace(cells[-3], tags={**cells[-3].tags, "matched": "samples"})
+    assert publish.report_draws(cells[-3]) and not publish.report_draws(matched)  # matched samples: not a figure row
     from safetensors import safe_open
 
     with safe_open(str(w_p), "pt") as f:
