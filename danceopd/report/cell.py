@@ -16,6 +16,9 @@ from pathlib import Path
 from .. import __version__
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "world"
+# tags of the cells outside the main comparison (its rows and figures): ablations, the lr / scale grid, the live
+# demo, curve continuations
+SIDE_TAGS = frozenset({"ablation", "grid", "live", "extend"})
 # Bumped whenever code changes what a cell computes (beyond float tolerance) without changing its config, so that
 # no stale result is reused. 2: the preservation score, row-parallel CPU forwards.
 COMPUTE_VERSION = 2

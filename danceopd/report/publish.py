@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..util.atomic import atomic_path, write_json_atomic
-from .cell import Cell
+from .cell import SIDE_TAGS, Cell
 from .park import drop_parked, park, parked_dir
 
 
@@ -59,7 +59,7 @@ def report_draws(cell: Cell) -> bool:
     students come from them) and every seed-0 main cell (the dense baselines at DanceOPD's wall time, weight merge:
     rows of the sample figures; not those at matched samples, which the figures do not draw). Without its weights a
     fresh clone's report would drop the row from the figure."""
-    extra = {"ablation", "grid", "live", "extend", "matched"} & set(cell.tags)
+    extra = (SIDE_TAGS | {"matched"}) & set(cell.tags)
     return cell.kind == "distill" and (bool(cell.curve) or (cell.seed == 0 and not extra))
 
 

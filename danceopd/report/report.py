@@ -18,6 +18,7 @@ import numpy as np
 from ..eval.metrics import PRESERVE_TOL
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
+from .cell import SIDE_TAGS
 from .converge import PAPER_GAIN, at_budget, convergence_section, device_mark, verdict
 from .plan import ABLATION_EVAL_N, ABLATION_STEPS, DENSE_COST, METHODS_ALL, TEACHERS
 from .plateau import overall_quality
@@ -76,7 +77,7 @@ def _seeds(recs, setting, row):
     out = []
     for r in recs.values():
         t = r.get("tags", {})
-        if t.get("setting") == setting and t.get("method") == method and not {"ablation", "grid", "live", "extend"} & set(t) \
+        if t.get("setting") == setting and t.get("method") == method and not SIDE_TAGS & set(t) \
                 and t.get("matched", "") == matched and r.get("status") == "done":
             out.append(r)
     return out
