@@ -492,11 +492,21 @@ def capability_lines(recs) -> list[str]:
     return lines
 
 
+def cell_wall_s(rec: dict, recs: dict[str, dict]) -> float:
+    """Seconds a cell cost: its record's clock, or, where that is less, its own training time from its checkpoints
+    (records written before 2026-12-08 kept only the last run's clock of a cell interrupted and resumed). A curve
+    extension's training clock includes the cell it continues, which is subtracted."""
+    base = recs.get(rec.get("continues", ""), {})
+    own_train = (rec.get("train_wall_time_s") or 0.0) - rec.get(
+        "continued_train_wall_s", base.get("train_wall_time_s") or 0.0 if rec.get("continues") else 0.0)
+    return max(rec.get("wall_time_s", 0.0), own_train)
+
+
 def provenance(recs) -> str:
     rows = []
     for cid in sorted(recs):
         r = recs[cid]
-        rows.append([cid, f"`{r.get('command', '')}`", r.get("git_sha", ""), f"{r.get('wall_time_s', 0) / 60:.1f}",
+        rows.append([cid, f"`{r.get('command', '')}`", r.get("git_sha", ""), f"{cell_wall_s(r, recs) / 60:.1f}",
                      r.get("device", "cpu")])   # records before the device was kept ran on CPUs
     machines = sorted({r.get("machine", "") for r in recs.values()})
     return (_table(["cell", "command", "git SHA", "wall min", "device"], rows) + "\n\nMachine(s): "
@@ -519,7 +529,7 @@ def write_report(recs: dict[str, dict], out: Path, title: str, command: str, pla
     if pending:
         status.append("Not planned yet (each stage is planned from the finished results of the one before): "
                       + "; ".join(pending) + ".")
-    wall = sum(r.get("wall_time_s", 0.0) for r in recs.values()) / 3600
+    wall = sum(cell_wall_s(r, recs) for r in recs.values()) / 3600
     parts = [f"# {title}", f"Regenerate with: `{command}` (from the repository root).", *status,
              f"Total wall time of the finished cells: {wall:.2f} h.", "## Comparison table", comp_md,
              *([note] if (note := shipped_note(recs)) else []),

@@ -111,7 +111,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
             rec["steps"] = ship.manifest().get(model[len(ship.PREFIX):], {}).get("steps")
             model = str(ship.student_path(model))
         rec["model"] = model
-        rec["scores"] = evaluate_model(model, cell.suite, cell.eval_n, eval_seed)
+        rec["scores"] = _timed(rec, evaluate_model, model, cell.suite, cell.eval_n, eval_seed)
     else:
         from ..config import load_config
         from ..train.distill import DistillConfig, train_distill
@@ -138,11 +138,11 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
             cfg.train.steps = s
             train_distill(cfg, run_dir, resume=True, progress=progress)
             if s in cell.curve and s not in done_points:   # curves are validation: scored on VAL_SEED
-                sc = evaluate_model(str(run_dir), cell.suite, cell.curve_n, VAL_SEED)
+                sc = _timed(rec, evaluate_model, str(run_dir), cell.suite, cell.curve_n, VAL_SEED)
                 sc.pop("items", None)   # per-item scores are kept for final (test) evaluations only
                 point = {"step": s, "scores": sc, "wall_time_s": _train_wall(run_dir)}
                 if cell.curve_test:     # the test-seed result a run stopped here would report
-                    point["test"] = evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
+                    point["test"] = _timed(rec, evaluate_model, str(run_dir), cell.suite, cell.eval_n, eval_seed)
                     # the student at this step, kept locally (the final one is published)
                     with atomic_path(d / "snapshots" / f"step_{s}.safetensors") as tmp:
                         shutil.copyfile(run_dir / "model.safetensors", tmp)
@@ -154,19 +154,32 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
         rec["sec_per_step"] = final.get("sec_per_step")
         rec["train_wall_time_s"] = final.get("wall_time_s")
         last = next((p for p in rec["curve"] if p["step"] == final_steps and "test" in p), None)
-        rec["scores"] = last["test"] if last else evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed)
+        rec["scores"] = last["test"] if last else _timed(rec, evaluate_model, str(run_dir), cell.suite, cell.eval_n,
+                                                         eval_seed)
         if cell.sample_scales:   # grid cells: the same student sampled with each guidance scale
             from ..backends.registry import load_backend
 
             own = f"{load_backend(str(run_dir)).sampling.text_scale:g}"   # already scored above
             rec["by_scale"] = {f"{x:g}": rec["scores"] if f"{x:g}" == own else
-                               evaluate_model(str(run_dir), cell.suite, cell.eval_n, eval_seed, text_scale=x)
+                               _timed(rec, evaluate_model, str(run_dir), cell.suite, cell.eval_n, eval_seed,
+                                      text_scale=x)
                                for x in cell.sample_scales}
         rec["model"] = str(run_dir / "model.safetensors")
     rec["status"] = "done"
-    rec["wall_time_s"] = wall0 + time.time() - t0
+    # This run's clock misses the runs before an interruption (a hard kill writes nothing); the training clock in
+    # the checkpoints and the evaluation clock in the record do not, so the cell's cost is at least their sum.
+    own_train = (rec.get("train_wall_time_s") or 0.0) - rec.get("continued_train_wall_s", 0.0)
+    rec["wall_time_s"] = max(wall0 + time.time() - t0, own_train + rec.get("eval_wall_time_s", 0.0))
     write_json_atomic(rec_path, rec)
     return rec
+
+
+def _timed(rec: dict, evaluate, *args, **kwargs) -> dict:
+    """``evaluate(*args, **kwargs)``, its seconds added to ``rec["eval_wall_time_s"]`` (kept across resumes)."""
+    t = time.time()
+    scores = evaluate(*args, **kwargs)
+    rec["eval_wall_time_s"] = rec.get("eval_wall_time_s", 0.0) + time.time() - t
+    return scores
 
 
 def _continue_from(base: Path, run_dir: Path, rec: dict, log) -> None:
@@ -186,6 +199,7 @@ def _continue_from(base: Path, run_dir: Path, rec: dict, log) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(base / "run", tmp)
         os.replace(tmp, run_dir)
+        rec["continued_train_wall_s"] = base_rec.get("train_wall_time_s") or 0.0   # the base cell's cost, not ours
         log(f"{rec['id']}: continuing the run of {base_rec['id']} from its last checkpoint")
     else:
         log(f"{rec['id']}: no checkpoints of {base_rec['id']} on this machine: training from step 0")

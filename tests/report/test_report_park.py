@@ -163,6 +163,7 @@ def test_a_cell_without_curve_parked_before_its_first_record_resumes(tmp_path, m
     shutil.rmtree(d / "run" / "checkpoints" / "checkpoint-00000003")
     (d / "run" / "final.json").unlink()
     (d / "cell.json").unlink()
+    _spent_before_the_kill(d / "run" / "checkpoints" / "checkpoint-00000002", 1000.0)
     pub = publish.Publisher(tmp_path / "results", commit=False)
     assert [(c.id, s) for c, s in pub.park([seed_cell()], tmp_path / "m1")] == [(seed_cell().id, 2)]
     (parked_dir(seed_cell(), pub.dest) / "cell.json").write_text(json.dumps(   # as an older version parked it
@@ -173,3 +174,21 @@ def test_a_cell_without_curve_parked_before_its_first_record_resumes(tmp_path, m
     assert any("parked checkpoint (step 2" in m for m in logs)
     assert got["status"] == "done" and got["curve"] == [] and got["steps"] == 3
     assert got["scores"]["items"] == straight["scores"]["items"]
+    # the 1,000 s machine 1 trained before it was killed count in the cell's cost (they used to be lost: a cell's
+    # clock was its last run's), and so does the evaluation
+    assert got["train_wall_time_s"] > 1000 and got["eval_wall_time_s"] > 0
+    assert got["wall_time_s"] >= got["train_wall_time_s"] + got["eval_wall_time_s"]
+
+
+def _spent_before_the_kill(ckpt, seconds):
+    """Make checkpoint ``ckpt`` say ``seconds`` more of training went before it (its manifest kept valid)."""
+    from danceopd.train.checkpoint import MANIFEST, _sha256, verify
+
+    f = ckpt / "trainer_state_0.json"
+    state = json.loads(f.read_text())
+    state["wall_time"] += seconds
+    f.write_text(json.dumps(state))
+    m = json.loads((ckpt / MANIFEST).read_text())
+    m["files"][f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    (ckpt / MANIFEST).write_text(json.dumps(m))
+    assert verify(ckpt) is None

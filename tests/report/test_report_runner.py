@@ -590,6 +590,8 @@ def test_a_curve_extension_continues_its_cells_run(tmp_path):
     logs = []
     rec = runner.run_plan([ext], tmp_path / "r", tmap, log=logs.append)[ext.id]
     assert [p["step"] for p in rec["curve"]] == [1, 2, 3] and rec["continues"] == base.id
+    base_rec = json.loads((tmp_path / "r" / "cells" / base.dirname / "cell.json").read_text())
+    assert rec["continued_train_wall_s"] == base_rec["train_wall_time_s"] > 0   # the base's cost is not counted twice
     assert any("from its last checkpoint" in m for m in logs)
     straight = cell(3, [])
     straight.id = "straight"
@@ -657,3 +659,16 @@ def test_an_idle_cell_worker_ignores_sigint(tmp_path):
         os.kill(pid, signal.SIGINT)
         time.sleep(0.5)
         assert ex.submit(os.getpid).result() == pid
+
+
+def test_cell_wall_time_counts_training_before_an_interruption_and_not_the_continued_cell():
+    """A record that kept only its last run's clock is raised to its own training time; a curve extension's
+    training clock (which includes the cell it continues) has that cell's training time taken off."""
+    from danceopd.report.report import cell_wall_s
+
+    recs = {"a": {"id": "a", "wall_time_s": 500.0, "train_wall_time_s": 400.0},
+            "b": {"id": "b", "wall_time_s": 100.0, "train_wall_time_s": 900.0},
+            "a/ext": {"id": "a/ext", "continues": "a", "wall_time_s": 50.0, "train_wall_time_s": 1000.0},
+            "a/new": {"id": "a/new", "continues": "a", "wall_time_s": 700.0, "train_wall_time_s": 1000.0,
+                      "continued_train_wall_s": 400.0}}
+    assert [cell_wall_s(recs[k], recs) for k in recs] == [500.0, 900.0, 600.0, 700.0]
