@@ -105,3 +105,8 @@ def student_manifest(folder: Path | None = None) -> dict[str, dict]:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
+def own_train_wall_s(rec: dict, base: dict | None = None) -> float:
+    """Training seconds a cell's record ``rec`` spent itself: its training clock (carried across interruptions by
+    its checkpoints) less what it took over from ``base``, the cell a curve extension continues."""
+    inherited = rec.get("continued_train_wall_s", (base or {}).get("train_wall_time_s") or 0.0)
+    return (rec.get("train_wall_time_s") or 0.0) - inherited

@@ -18,7 +18,7 @@ import numpy as np
 from ..eval.metrics import PRESERVE_TOL
 from ..world.edits import EDIT_CATEGORIES, GLOBAL_EDITS, LOCAL_EDITS
 from ..world.prompts import T2I_CATEGORIES
-from .cell import SIDE_TAGS
+from .cell import SIDE_TAGS, own_train_wall_s
 from .converge import PAPER_GAIN, at_budget, convergence_section, device_mark, verdict
 from .plan import ABLATION_EVAL_N, ABLATION_STEPS, DENSE_COST, METHODS_ALL, TEACHERS
 from .plateau import overall_quality
@@ -496,10 +496,8 @@ def cell_wall_s(rec: dict, recs: dict[str, dict]) -> float:
     """Seconds a cell cost: its record's clock, or, where that is less, its own training time from its checkpoints
     (records written before 2026-12-08 kept only the last run's clock of a cell interrupted and resumed). A curve
     extension's training clock includes the cell it continues, which is subtracted."""
-    base = recs.get(rec.get("continues", ""), {})
-    own_train = (rec.get("train_wall_time_s") or 0.0) - rec.get(
-        "continued_train_wall_s", base.get("train_wall_time_s") or 0.0 if rec.get("continues") else 0.0)
-    return max(rec.get("wall_time_s", 0.0), own_train)
+    base = recs.get(rec["continues"]) if rec.get("continues") else None
+    return max(rec.get("wall_time_s", 0.0), own_train_wall_s(rec, base))
 
 
 def provenance(recs) -> str:

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..train.checkpoint import newest_step
 from ..util.atomic import atomic_path, write_json_atomic
 from . import ship
-from .cell import CONFIG_DIR, Cell
+from .cell import CONFIG_DIR, Cell, own_train_wall_s
 from .park import unpark
 from .pool import PriorityPool
 from .publish import Publisher, adopt_published, read_done
@@ -168,8 +168,7 @@ def run_cell(cell: Cell, root: Path, teacher_map: dict[str, str], force: bool = 
     rec["status"] = "done"
     # This run's clock misses the runs before an interruption (a hard kill writes nothing); the training clock in
     # the checkpoints and the evaluation clock in the record do not, so the cell's cost is at least their sum.
-    own_train = (rec.get("train_wall_time_s") or 0.0) - rec.get("continued_train_wall_s", 0.0)
-    rec["wall_time_s"] = max(wall0 + time.time() - t0, own_train + rec.get("eval_wall_time_s", 0.0))
+    rec["wall_time_s"] = max(wall0 + time.time() - t0, own_train_wall_s(rec) + rec.get("eval_wall_time_s", 0.0))
     write_json_atomic(rec_path, rec)
     return rec
 
